@@ -1,0 +1,470 @@
+"""The spec's seven config classes, the YAML run file, and validation before any work.
+
+Field names and defaults follow `spec/auto-compression-api.rst` (and PaddleSlim's defaults where the
+spec gives none). Every class forbids unknown keys: a typo is an error naming the key and the
+allowed ones, never a silent ignore. Extensions beyond the spec are marked "extension".
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+PTQ_ALGOS = ("KL", "hist", "mse", "avg", "abs_max")
+WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
+DISTILL_LOSSES = ("l2_loss", "soft_label_loss", "fsp_loss", "kl_loss", "cosine_loss", "l1_loss")
+METRICS = ("top1", "top5", "fidelity")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+class QuantizationConfig(_Config):
+    quantize_op_types: list[str] = Field(
+        default_factory=lambda: ["conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2"])
+    weight_bits: int = 8
+    activation_bits: int = 8
+    is_full_quantize: bool = False
+    not_quant_pattern: Union[str, list[str]] = Field(default_factory=lambda: ["skip_quant"])
+    # extension: the backend whose kernels the deployed model runs on, used to select models
+    deploy_backend: Literal["onednn", "tensorrt", "none"] = "onednn"
+
+    @field_validator("weight_bits", "activation_bits")
+    @classmethod
+    def _bits(cls, v):
+        if not 2 <= v <= 16:
+            raise ValueError(f"must be between 2 and 16 bits, got {v}")
+        return v
+
+    @field_validator("not_quant_pattern")
+    @classmethod
+    def _pattern_list(cls, v):
+        return _as_list(v)
+
+    @model_validator(mode="after")
+    def _op_types_known(self):
+        from .quant.op_types import SUPPORTED_QUANT_OPS  # paddle-free list of quantizable op types
+
+        unknown = [t for t in self.quantize_op_types if t not in SUPPORTED_QUANT_OPS]
+        if unknown:
+            raise ValueError(
+                f"quantize_op_types has unknown op types {unknown}; allowed: {sorted(SUPPORTED_QUANT_OPS)}")
+        return self
+
+
+class HyperParameterOptimizationConfig(_Config):
+    ptq_algo: Union[str, list[str]] = Field(default_factory=lambda: ["KL", "hist", "avg", "mse"])
+    bias_correct: Union[bool, list[bool]] = Field(default_factory=lambda: [True, False])
+    weight_quantize_type: Union[str, list[str]] = Field(default_factory=lambda: ["channel_wise_abs_max"])
+    hist_percent: Union[float, list[float]] = Field(default_factory=lambda: [0.98, 0.999])
+    batch_size: Union[int, list[int]] = Field(default_factory=lambda: [10, 30])
+    batch_num: Union[int, list[int]] = Field(default_factory=lambda: [10, 30])
+    max_quant_count: int = 20
+    # extensions
+    search_algo: Literal["tpe", "random", "grid"] = "tpe"
+    seed: int = 0
+    finalists: int = Field(3, description="best trials re-evaluated on the deployment backend")
+
+    @field_validator("ptq_algo")
+    @classmethod
+    def _algo(cls, v):
+        for a in _as_list(v):
+            if a not in PTQ_ALGOS:
+                raise ValueError(f"unknown ptq_algo {a!r}; allowed: {list(PTQ_ALGOS)}")
+        return v
+
+    @field_validator("weight_quantize_type")
+    @classmethod
+    def _wqt(cls, v):
+        for a in _as_list(v):
+            if a not in WEIGHT_QUANTIZE_TYPES:
+                raise ValueError(f"unknown weight_quantize_type {a!r}; allowed: {list(WEIGHT_QUANTIZE_TYPES)}")
+        return v
+
+    @field_validator("hist_percent")
+    @classmethod
+    def _percent(cls, v):
+        for p in _as_list(v):
+            if not 0.0 < p <= 1.0:
+                raise ValueError(f"hist_percent values must be in (0, 1], got {p}")
+        return v
+
+    @field_validator("batch_size", "batch_num")
+    @classmethod
+    def _positive(cls, v):
+        for n in _as_list(v):
+            if n < 1:
+                raise ValueError(f"must be >= 1, got {n}")
+        return v
+
+    @field_validator("max_quant_count", "finalists")
+    @classmethod
+    def _count(cls, v):
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("ptq_algo", "bias_correct", "weight_quantize_type", "hist_percent", "batch_size",
+                     "batch_num")
+    @classmethod
+    def _not_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list leaves nothing to search; give at least one value")
+        return v
+
+
+class DistillationConfig(_Config):
+    distill_loss: Union[str, list[str]] = "l2_loss"
+    distill_node_pair: Optional[list[str]] = None
+    distill_lambda: Union[float, list[float]] = 1.0
+    teacher_model_dir: Optional[str] = None
+    teacher_model_filename: Optional[str] = None
+    teacher_params_filename: Optional[str] = None
+    merge_feed: bool = True
+
+    @field_validator("distill_loss")
+    @classmethod
+    def _loss(cls, v):
+        for name in _as_list(v):
+            if name not in DISTILL_LOSSES:
+                raise ValueError(f"unknown distill_loss {name!r}; allowed: {list(DISTILL_LOSSES)}")
+        return v
+
+    @field_validator("distill_node_pair")
+    @classmethod
+    def _pairs(cls, v):
+        if v is not None and len(v) % 2:
+            raise ValueError(f"needs (teacher, student) node pairs: got {len(v)} names, an odd number")
+        return v
+
+    @model_validator(mode="after")
+    def _lambda_len(self):
+        losses, lambdas = _as_list(self.distill_loss), _as_list(self.distill_lambda)
+        if len(lambdas) != len(losses):
+            raise ValueError(
+                f"distill_lambda has {len(lambdas)} values but distill_loss has {len(losses)}; give one "
+                "weight per loss")
+        return self
+
+
+class MultiTeacherDistillationConfig(_Config):
+    distill_loss: list[str] = Field(default_factory=lambda: ["l2_loss"])
+    distill_node_pair: Optional[list[list[str]]] = None
+    distill_lambda: list[float] = Field(default_factory=lambda: [1.0])
+    teacher_model_dir: list[str]
+    teacher_model_filename: Optional[list[Optional[str]]] = None
+    teacher_params_filename: Optional[list[Optional[str]]] = None
+    merge_feed: bool = True
+
+    @field_validator("distill_loss")
+    @classmethod
+    def _loss(cls, v):
+        return DistillationConfig._loss(v)
+
+    @field_validator("distill_node_pair")
+    @classmethod
+    def _pairs(cls, v):
+        for i, pairs in enumerate(v or []):
+            if len(pairs) % 2:
+                raise ValueError(f"distill_node_pair[{i}] has {len(pairs)} names, an odd number; "
+                                 "needs (teacher, student) pairs")
+        return v
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        n = len(self.teacher_model_dir)
+        if n < 1:
+            raise ValueError("teacher_model_dir needs at least one teacher")
+        for key in ("distill_loss", "distill_lambda"):
+            if len(getattr(self, key)) != n:
+                raise ValueError(f"{key} has {len(getattr(self, key))} entries but there are {n} teachers "
+                                 "(teacher_model_dir); give one per teacher")
+        for key in ("distill_node_pair", "teacher_model_filename", "teacher_params_filename"):
+            value = getattr(self, key)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{key} has {len(value)} entries but there are {n} teachers")
+        return self
+
+
+class PruneConfig(_Config):
+    prune_algo: Literal["prune", "asp"] = "prune"
+    pruned_ratio: float = 0.25
+    prune_params_name: Optional[list[str]] = None
+    criterion: Literal["l1_norm", "bn_scale", "geometry_median"] = "l1_norm"
+
+    @field_validator("pruned_ratio")
+    @classmethod
+    def _ratio(cls, v):
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"must be in [0, 1), got {v}")
+        return v
+
+
+class UnstructurePruneConfig(_Config):
+    prune_strategy: Optional[Literal["gmp"]] = None
+    prune_mode: Literal["ratio", "threshold"] = "ratio"
+    threshold: Optional[float] = None
+    prune_ratio: float = 0.55
+    gmp_config: Optional[dict[str, Any]] = None
+    prune_params_type: Optional[Literal["conv1x1_only"]] = None
+    local_sparsity: bool = False
+
+    @field_validator("prune_ratio")
+    @classmethod
+    def _ratio(cls, v):
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"must be in [0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self):
+        if self.prune_mode == "threshold" and self.threshold is None:
+            raise ValueError("prune_mode 'threshold' needs a threshold (e.g. threshold: 0.01)")
+        if self.prune_strategy == "gmp" and self.prune_mode != "ratio":
+            raise ValueError("prune_strategy 'gmp' ramps a ratio; use prune_mode 'ratio'")
+        allowed = {"stable_iterations", "pruning_iterations", "tunning_iterations", "resume_iteration",
+                   "pruning_steps", "prune_steps", "initial_ratio"}
+        unknown = set(self.gmp_config or {}) - allowed
+        if unknown:
+            raise ValueError(f"gmp_config has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return self
+
+
+class TrainConfig(_Config):
+    epochs: Optional[int] = None
+    train_iter: Optional[int] = None
+    learning_rate: Any = 0.02  # float, or an LRScheduler object (API), or {type: Name, **args} (YAML)
+    optimizer: str = "SGD"
+    optim_args: Optional[dict[str, Any]] = None
+    eval_iter: int = 1000
+    logging_iter: int = 10
+    origin_metric: Optional[float] = None
+    target_metric: Optional[float] = None
+    use_fleet: bool = False
+    amp_config: Optional[dict[str, Any]] = None
+    recompute_config: Optional[dict[str, Any]] = None
+    sharding_config: Optional[dict[str, Any]] = None
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v):
+        import paddle.optimizer as po
+
+        names = sorted(n for n in dir(po) if isinstance(getattr(po, n), type)
+                       and issubclass(getattr(po, n), po.Optimizer) and n != "Optimizer")
+        if v not in names:
+            raise ValueError(f"unknown optimizer {v!r}; allowed (paddle.optimizer): {names}")
+        return v
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, v):
+        if isinstance(v, (int, float)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"must be a positive number, got {v}")
+            return float(v)
+        if isinstance(v, dict):
+            import paddle.optimizer.lr as plr
+
+            kind = v.get("type")
+            if not (isinstance(kind, str) and isinstance(getattr(plr, kind, None), type)):
+                names = sorted(n for n in dir(plr) if isinstance(getattr(plr, n), type)
+                               and issubclass(getattr(plr, n), plr.LRScheduler) and n != "LRScheduler")
+                raise ValueError(f"a scheduler needs 'type' from paddle.optimizer.lr: {names}; got {kind!r}")
+            return v
+        if type(v).__name__ and hasattr(v, "step") and hasattr(v, "get_lr"):
+            return v  # an LRScheduler object passed through the API
+        raise ValueError(f"must be a float, an LRScheduler or {{type: <scheduler>, ...}}, got {v!r}")
+
+    @field_validator("eval_iter", "logging_iter")
+    @classmethod
+    def _iters(cls, v):
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+
+STRATEGY_CLASSES = {c.__name__: c for c in (
+    QuantizationConfig, DistillationConfig, MultiTeacherDistillationConfig,
+    HyperParameterOptimizationConfig, PruneConfig, UnstructurePruneConfig)}
+
+# The spec's six supported combinations, by the set of config class names.
+COMBINATIONS = {
+    frozenset({"QuantizationConfig", "HyperParameterOptimizationConfig"}): "ptq_hpo",
+    frozenset({"QuantizationConfig", "DistillationConfig"}): "qat_distill",
+    frozenset({"PruneConfig", "DistillationConfig"}): "prune_distill",
+    frozenset({"UnstructurePruneConfig", "DistillationConfig"}): "sparse_distill",
+    frozenset({"DistillationConfig"}): "distill",
+    frozenset({"MultiTeacherDistillationConfig"}): "multi_teacher_distill",
+}
+NEEDS_TRAINING = {"qat_distill", "prune_distill", "sparse_distill", "distill", "multi_teacher_distill"}
+
+
+def _format_validation_error(section: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        where = f"{section}.{key}" if key else section
+        if e["type"] == "extra_forbidden":
+            cls = STRATEGY_CLASSES.get(section) or {"TrainConfig": TrainConfig}.get(section)
+            allowed = sorted(cls.model_fields) if cls else []
+            lines.append(f"{where}: unknown key; allowed keys: {allowed}")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def build(cls, value, section: str | None = None):
+    """Turn an object, dict or None into a validated config object, or raise ConfigError."""
+    section = section or cls.__name__
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{section} must be a mapping or a {cls.__name__} object, got {type(value).__name__}")
+    try:
+        return cls(**value)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(section, err)) from None
+
+
+def parse_strategy(strategy_config) -> tuple[str, dict[str, _Config]]:
+    """Validate `strategy_config` (dict of name -> dict/object, or a list of config objects).
+
+    Returns the combination name (e.g. 'ptq_hpo') and the validated config objects by class name.
+    """
+    if isinstance(strategy_config, (list, tuple)):
+        strategy_config = {type(c).__name__: c for c in strategy_config}
+    if not isinstance(strategy_config, dict) or not strategy_config:
+        raise ConfigError("strategy_config must be a non-empty dict whose keys are config class names: "
+                          f"{sorted(STRATEGY_CLASSES)}")
+    unknown = [k for k in strategy_config if k not in STRATEGY_CLASSES]
+    if unknown:
+        raise ConfigError(f"strategy_config has unknown keys {unknown}; allowed: {sorted(STRATEGY_CLASSES)}")
+    configs = {name: build(STRATEGY_CLASSES[name], value, name) for name, value in strategy_config.items()}
+    combination = COMBINATIONS.get(frozenset(configs))
+    if combination is None:
+        allowed = [" + ".join(sorted(c)) for c in COMBINATIONS]
+        raise ConfigError(f"unsupported strategy combination {sorted(configs)}; the supported ones are: "
+                          + "; ".join(allowed))
+    return combination, configs
+
+
+class EvalSection(_Config):
+    metric: str = "top1"
+    max_drop: float = 0.01
+    drop_type: Literal["absolute", "relative"] = "absolute"
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v):
+        if v not in METRICS and ":" not in v:
+            raise ValueError(f"unknown metric {v!r}; allowed: {list(METRICS)} or a plugin 'package.module:function'")
+        return v
+
+    @field_validator("max_drop")
+    @classmethod
+    def _drop(cls, v):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"must be a non-negative number, got {v}")
+        return v
+
+
+class ModelSection(_Config):
+    model_dir: str
+    model_filename: Optional[str] = None
+    params_filename: Optional[str] = None
+
+
+class DataSection(_Config):
+    train: Optional[str] = None
+    eval: Optional[str] = None
+    calib: Optional[str] = None
+    batch_size: int = 32  # extension: loader batch size for training and evaluation
+
+
+class RunConfig(_Config):
+    """A whole YAML run file (DESIGN §5): the spec's configs plus CLI / pipeline sections."""
+
+    Model: ModelSection
+    Data: DataSection
+    Eval: EvalSection = Field(default_factory=EvalSection)
+    Device: str = "cpu"
+    SaveDir: str = "./output"
+    strategy: dict[str, Any] = Field(default_factory=dict)
+    combination: str = ""
+    train: Optional[TrainConfig] = None
+
+
+RUN_SECTIONS = ("Model", "Data", "Eval", "Device", "SaveDir", "TrainConfig")
+
+
+def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
+    """Load and validate a YAML run file (path, YAML text or dict). Relative paths resolve against
+    the file's folder so a config works from any working directory."""
+    if isinstance(source, (str, Path)) and Path(source).exists():
+        base_dir = Path(source).resolve().parent if base_dir is None else Path(base_dir)
+        text = Path(source).read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    elif isinstance(source, dict):
+        data = source
+    else:
+        raise ConfigError(f"config file {source} does not exist")
+    if not isinstance(data, dict):
+        raise ConfigError("a run config must be a YAML mapping with sections "
+                          f"{list(RUN_SECTIONS)} plus strategy configs {sorted(STRATEGY_CLASSES)}")
+    unknown = [k for k in data if k not in RUN_SECTIONS and k not in STRATEGY_CLASSES]
+    if unknown:
+        raise ConfigError(f"unknown top-level keys {unknown}; allowed: {list(RUN_SECTIONS)} + "
+                          f"{sorted(STRATEGY_CLASSES)}")
+    strategy = {k: data[k] for k in data if k in STRATEGY_CLASSES}
+    combination, configs = parse_strategy(strategy)
+    train = None
+    if combination in NEEDS_TRAINING:
+        train = build(TrainConfig, data.get("TrainConfig"))
+    elif data.get("TrainConfig") is not None:
+        raise ConfigError(f"TrainConfig is set but the {combination} strategy does not train; remove it")
+    sections = {}
+    for key, cls in (("Model", ModelSection), ("Data", DataSection), ("Eval", EvalSection)):
+        if key == "Eval" and key not in data:
+            continue
+        if key not in data:
+            raise ConfigError(f"missing section {key}")
+        sections[key] = build(cls, data[key], key)
+    if base_dir is not None:
+        sections["Model"].model_dir = _resolve(sections["Model"].model_dir, base_dir)
+        for field in ("train", "eval", "calib"):
+            value = getattr(sections["Data"], field)
+            if value:
+                setattr(sections["Data"], field, _resolve(value, base_dir))
+    save_dir = data.get("SaveDir", "./output")
+    if base_dir is not None:
+        save_dir = _resolve(save_dir, base_dir)
+    try:
+        return RunConfig(**sections, Device=str(data.get("Device", "cpu")), SaveDir=save_dir,
+                         strategy=configs, combination=combination,
+                         train=train)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error("config", err)) from None
+
+
+def _resolve(value: str, base_dir: Path) -> str:
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((Path(base_dir) / value).resolve())
