@@ -1,0 +1,66 @@
+"""The deployment backend: Paddle Inference, as users will run the model.
+
+DESIGN §8: simulated quantization (fake-quant ops in the executor) and deployed int8 kernels can
+disagree widely, so models are selected and reported by what they do here. On CPU, int8 kernels
+need oneDNN with `enable_mkldnn_int8()`; without that switch a quantized model runs (correctly)
+but slower than FP32.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .model_io import ModelFiles
+
+Predictor = Callable[[dict], list]
+
+
+def _config(files: ModelFiles, int8: bool, threads: int):
+    from paddle import inference
+
+    if files.params_path is not None:
+        config = inference.Config(str(files.model_path), str(files.params_path))
+    else:
+        config = inference.Config(str(files.model_path))
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(threads)
+    config.enable_mkldnn()
+    if int8:
+        config.enable_mkldnn_int8()
+    config.disable_glog_info()
+    config.switch_ir_optim(True)
+    return config
+
+
+def inference_predictor(files: ModelFiles, int8: bool = False, threads: int = 1) -> Predictor:
+    """A Predictor (feed dict in, list of numpy outputs out) backed by a Paddle Inference predictor."""
+    from paddle import inference
+
+    predictor = inference.create_predictor(_config(files, int8, threads))
+    input_names = predictor.get_input_names()
+    output_names = predictor.get_output_names()
+
+    def predict(feed: dict) -> list:
+        for name in input_names:
+            handle = predictor.get_input_handle(name)
+            handle.copy_from_cpu(np.ascontiguousarray(feed[name]))
+        predictor.run()
+        return [predictor.get_output_handle(n).copy_to_cpu() for n in output_names]
+
+    return predict
+
+
+def measure_latency(files: ModelFiles, feed: dict, int8: bool = False, threads: int = 1,
+                    warmup: int = 5, repeats: int = 30) -> float:
+    """Median milliseconds per `predict(feed)` call with Paddle Inference."""
+    predict = inference_predictor(files, int8=int8, threads=threads)
+    for _ in range(warmup):
+        predict(feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(feed)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(times))

@@ -1,0 +1,101 @@
+"""The bundled demo: a small CNN trained on scikit-learn's real handwritten digits, no download.
+
+`load_digits` ships inside scikit-learn (1,797 8x8 images). Training takes a few seconds on a CPU,
+so the model is trained on first use and cached, instead of shipping binary weights in git.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_dir
+from ..model_io import ModelFiles, locate_model
+from ..version import __version__
+
+EVAL_SIZE = 500
+CALIB_SIZE = 256
+
+
+def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train / calib / eval splits: x float32 [N,1,8,8] in [0,1], y int64 [N,1]. Eval is a hold-out;
+    calib is a slice of train (calibration never sees eval data)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
+    y = digits.target.astype(np.int64)[:, None]
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    train = (x[EVAL_SIZE:], y[EVAL_SIZE:])
+    return {"train": train, "calib": (train[0][:CALIB_SIZE], train[1][:CALIB_SIZE]),
+            "eval": (x[:EVAL_SIZE], y[:EVAL_SIZE])}
+
+
+def _build_net():
+    import paddle
+    from paddle import nn
+
+    class DigitsNet(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2D(1, 16, 3, padding=1), nn.BatchNorm2D(16), nn.ReLU(),
+                nn.Conv2D(16, 32, 3, padding=1), nn.BatchNorm2D(32), nn.ReLU(), nn.MaxPool2D(2),
+                nn.Conv2D(32, 64, 3, padding=1), nn.BatchNorm2D(64), nn.ReLU(), nn.MaxPool2D(2))
+            self.classifier = nn.Linear(64 * 2 * 2, 10)
+
+        def forward(self, x):
+            return self.classifier(paddle.flatten(self.features(x), 1))
+
+    return DigitsNet()
+
+
+def train_digits_model(out_dir, seed: int = 0, epochs: int = 12, batch_size: int = 64) -> ModelFiles:
+    """Train the demo CNN in dygraph and export it as a legacy `.pdmodel` inference model."""
+    import paddle
+
+    was_static = not paddle.in_dynamic_mode()
+    paddle.disable_static()
+    try:
+        paddle.seed(seed)
+        splits = digits_splits(seed)
+        x, y = splits["train"]
+        net = _build_net()
+        opt = paddle.optimizer.Adam(learning_rate=0.005, parameters=net.parameters())
+        rng = np.random.default_rng(seed)
+        for _ in range(epochs):
+            net.train()
+            order = rng.permutation(len(x))
+            for start in range(0, len(x), batch_size):
+                idx = order[start:start + batch_size]
+                loss = paddle.nn.functional.cross_entropy(net(paddle.to_tensor(x[idx])), paddle.to_tensor(y[idx]))
+                loss.backward()
+                opt.step()
+                opt.clear_grad()
+        net.eval()
+        spec = [paddle.static.InputSpec([None, 1, 8, 8], "float32", "x")]
+        with atomic_dir(out_dir) as tmp:
+            with paddle.pir_utils.OldIrGuard():
+                paddle.jit.save(net, str(Path(tmp) / "inference"), input_spec=spec)
+            info = Path(tmp) / "inference.pdiparams.info"
+            if info.exists():
+                info.unlink()  # training-only metadata; deployments don't need it
+    finally:
+        if was_static:
+            paddle.enable_static()
+    return locate_model(out_dir)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("AUTOCOMPRESS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autocompress")
+    return Path(root)
+
+
+def digits_model(cache_dir=None, seed: int = 0) -> ModelFiles:
+    """The demo model, trained once and cached (keyed by version and seed)."""
+    folder = Path(cache_dir or default_cache_dir()) / f"digits-cnn-{__version__}-seed{seed}"
+    if not (folder / "inference.pdmodel").exists():
+        train_digits_model(folder, seed=seed)
+    return locate_model(folder)
