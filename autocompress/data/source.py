@@ -1,0 +1,333 @@
+"""`FeedSource`: every kind of input data the engine accepts, seen as re-iterable numpy batches.
+
+Accepted (DESIGN §6): a paddle `DataLoader` (batches are lists of tensors or dicts), any re-iterable
+or zero-argument callable (generator function) yielding dicts / lists / tuples of numpy arrays or
+paddle tensors, in-memory arrays (`from_arrays`) and Dataset folders (`data.dataset`).
+
+A one-shot iterator (e.g. a generator *object*) is refused rather than cached: calibration,
+every PTQ trial and every epoch iterate the data again, and silently holding a whole data set in
+memory would hide a memory cost the user did not ask for. The error says what to pass instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    feed: dict[str, np.ndarray]
+    label: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        first = next(iter(self.feed.values()))
+        return int(first.shape[0]) if first.ndim else 1
+
+
+def to_numpy(value, what: str) -> np.ndarray:
+    """A numpy view/copy of an array-like (numpy, paddle Tensor, paddle DenseTensor, lists)."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif hasattr(value, "numpy") and callable(value.numpy):  # paddle.Tensor in dynamic mode
+        arr = np.asarray(value.numpy())
+    else:  # DenseTensor from a static-mode DataLoader, python numbers and lists
+        try:
+            arr = np.array(value)
+        except Exception as err:
+            raise DataError(f"{what}: cannot convert {type(value).__name__} to a numpy array ({err})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{what} has dtype {arr.dtype}; feeds and labels must be numeric arrays "
+                        "(bool, int, float). Decode strings/images before batching, or use an image-list Dataset.")
+    return arr
+
+
+class _Converter:
+    """Turns one raw batch (dict / list / tuple / array) into a `Batch`, naming what is wrong."""
+
+    def __init__(self, feed_names: list[str] | None, label_field: str | None, where: str):
+        self.feed_names = list(feed_names) if feed_names is not None else None
+        self.label_field = label_field
+        self.where = where
+
+    def __call__(self, raw, index: int) -> Batch:
+        what = f"{self.where}, batch {index}"
+        if isinstance(raw, Batch):
+            return self._from_mapping(dict(raw.feed), raw.label, what)
+        if isinstance(raw, Mapping):
+            return self._from_mapping(dict(raw), None, what)
+        if isinstance(raw, (list, tuple)):
+            return self._from_sequence(list(raw), what)
+        if self.feed_names is not None and len(self.feed_names) == 1 and not isinstance(raw, (str, bytes)):
+            return Batch({self.feed_names[0]: to_numpy(raw, f"{what} feed {self.feed_names[0]!r}")})
+        raise DataError(f"{what} is a {type(raw).__name__}; a batch must be a dict of feed name -> array, or a "
+                        f"list/tuple of arrays in feed order {self.feed_names} (plus an optional trailing label)")
+
+    def _from_mapping(self, raw: dict, label, what: str) -> Batch:
+        if self.label_field is not None and self.label_field in raw:
+            label = raw.pop(self.label_field)
+        names = self.feed_names
+        if names is None:
+            names = list(raw)
+        missing = [n for n in names if n not in raw]
+        extra = [k for k in raw if k not in names]
+        if len(extra) == 1 and self.label_field is None and label is None and not missing:
+            label = raw.pop(extra[0])  # the one key that is not a feed is the label
+            extra = []
+        if missing or extra:
+            hint = (f"; if {extra} is the label, pass label_field=" + repr(extra[0])) if extra and not missing else ""
+            raise DataError(f"{what} has keys {sorted(raw)} but the model expects the feeds {names}"
+                            f"{' (label: ' + repr(self.label_field) + ')' if self.label_field else ''}: "
+                            f"missing {missing}, unexpected {extra}{hint}. Rename the keys to the model's feed names.")
+        feed = {n: to_numpy(raw[n], f"{what} feed {n!r}") for n in names}
+        return Batch(feed, None if label is None else to_numpy(label, f"{what} label"))
+
+    def _from_sequence(self, raw: list, what: str) -> Batch:
+        if self.feed_names is None:
+            raise DataError(f"{what} is a list; lists need the model's feed names to know what each element "
+                            "is. Pass feed_names, or yield dicts of feed name -> array")
+        n = len(self.feed_names)
+        if len(raw) not in (n, n + 1):
+            raise DataError(f"{what} has {len(raw)} elements but the model has {n} feeds {self.feed_names}; "
+                            f"yield {n} arrays in feed order, or {n + 1} with the label last")
+        feed = {name: to_numpy(v, f"{what} feed {name!r}") for name, v in zip(self.feed_names, raw)}
+        label = to_numpy(raw[n], f"{what} label") if len(raw) == n + 1 else None
+        return Batch(feed, label)
+
+
+class FeedSource:
+    """Re-iterable numpy batches. Build it with `from_any`, `from_arrays` or `data.read_dataset`."""
+
+    def __init__(self, factory: Callable[[], Iterable], feed_names: list[str] | None, *,
+                 label_field: str | None = None, description: str = "the data",
+                 num_batches: int | None = None, converted: bool = False,
+                 feed_shapes: Mapping[str, list] | None = None, feed_dtypes: Mapping[str, str] | None = None):
+        self._factory = factory
+        self.feed_names = list(feed_names) if feed_names is not None else None
+        self.label_field = label_field
+        self.description = description
+        self._num_batches = num_batches
+        self._converted = converted  # factory already yields `Batch`es with the right names
+        self._convert = _Converter(self.feed_names, label_field, description)
+        self.feed_shapes = dict(feed_shapes or {})
+        self.feed_dtypes = {k: np.dtype(v) for k, v in (feed_dtypes or {}).items()}
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_any(cls, obj, feed_names: list[str] | None, label_field: str | None = None, *,
+                 feed_shapes: Mapping[str, list] | None = None,
+                 feed_dtypes: Mapping[str, str] | None = None) -> FeedSource:
+        """Wrap a DataLoader, a re-iterable, a generator function, a Dataset folder or a FeedSource.
+
+        `feed_shapes` (model shapes, -1 = any) and `feed_dtypes` are optional checks/casts per feed.
+        """
+        if obj is None:
+            raise DataError("no data given: pass a paddle DataLoader, a generator function or a Dataset folder")
+        checks = {"feed_shapes": feed_shapes, "feed_dtypes": feed_dtypes}
+        if isinstance(obj, FeedSource):
+            return obj._checked_against(feed_names, label_field, **checks)
+        if isinstance(obj, (str, os.PathLike)):
+            from .dataset import read_dataset
+
+            return read_dataset(obj)._checked_against(feed_names, label_field, **checks)
+        if isinstance(obj, (np.ndarray, Mapping)):
+            raise DataError(f"got a {type(obj).__name__}, not a sequence of batches; for in-memory arrays use "
+                            "FeedSource.from_arrays({feed_name: array, ...}, labels, batch_size)")
+        if isinstance(obj, Iterable):
+            if iter(obj) is obj:
+                raise DataError(
+                    f"the data is a one-shot iterator ({type(obj).__name__}) that can be read only once, but "
+                    "calibration, search trials and training epochs read the data many times. Pass a paddle "
+                    "DataLoader, a list of batches, or the generator *function* itself (without calling it)")
+            return cls(lambda: obj, feed_names, label_field=label_field, description=_describe(obj),
+                       num_batches=_safe_len(obj), **checks)
+        if callable(obj):
+            return cls(_call_factory(obj), feed_names, label_field=label_field, description=_describe(obj), **checks)
+        raise DataError(f"cannot read data from a {type(obj).__name__}; pass a paddle DataLoader, a generator "
+                        "function, a list of batches or a Dataset folder path")
+
+    @classmethod
+    def from_arrays(cls, feeds: Mapping[str, np.ndarray], labels=None, batch_size: int = 32) -> FeedSource:
+        """In-memory arrays, first dimension = samples. Batches are read-only views (no copies)."""
+        if not feeds:
+            raise DataError("from_arrays got no feeds; pass {feed_name: array}")
+        arrays = {name: to_numpy(a, f"array for feed {name!r}") for name, a in feeds.items()}
+        label_arr = None if labels is None else to_numpy(labels, "labels")
+        n = _common_length(arrays, label_arr)
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+
+        def factory():
+            for start in range(0, n, batch_size):
+                feed = {k: _readonly(a[start:start + batch_size]) for k, a in arrays.items()}
+                lab = None if label_arr is None else _readonly(label_arr[start:start + batch_size])
+                yield Batch(feed, lab)
+
+        return cls(factory, list(arrays), description=f"the in-memory arrays ({n} samples)",
+                   num_batches=-(-n // batch_size), converted=True)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def batches(self, limit: int | None = None) -> Iterator[Batch]:
+        """Yield at most `limit` batches; a fresh pass on every call."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be None or >= 1, got {limit}")
+        return self._iterate(limit)
+
+    def _iterate(self, limit):
+        count = 0
+        for index, raw in enumerate(self._factory()):
+            batch = raw if self._converted else self._convert(raw, index)
+            yield self._checked_batch(batch, index)
+            count += 1
+            if limit is not None and count >= limit:
+                return
+        if count == 0:
+            raise DataError(f"{self.description} yielded no batches; check that the data set is not empty "
+                            "(and that a DataLoader's drop_last did not drop the only, partial batch)")
+
+    __iter__ = batches
+
+    def first(self) -> Batch:
+        """The first batch (e.g. for shape inference or latency measurement)."""
+        return next(self.batches(limit=1))
+
+    def num_batches(self) -> int | None:
+        """Number of batches per pass when known without reading the data, else None."""
+        return self._num_batches
+
+    def rebatch(self, batch_size: int) -> FeedSource:
+        """The same samples in batches of `batch_size` (the last one may be smaller)."""
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        parent = self
+        return FeedSource(lambda: _rebatched(parent.batches(), batch_size), self.feed_names,
+                          label_field=self.label_field, description=self.description, converted=True)
+
+    # ---- checks -------------------------------------------------------------------------------
+    def _checked_against(self, feed_names, label_field, feed_shapes=None, feed_dtypes=None) -> FeedSource:
+        """A copy of this source bound to the model's feed names (and optional shape/dtype checks)."""
+        if feed_names is not None and self.feed_names is not None and set(feed_names) != set(self.feed_names):
+            raise DataError(f"{self.description} provides the feeds {self.feed_names} but the model expects "
+                            f"{list(feed_names)}; rename the data's feeds to the model's input names")
+        if label_field is not None and self._converted and self.label_field not in (None, label_field):
+            raise DataError(f"{self.description} declares the label field {self.label_field!r}, not {label_field!r}")
+        src = self._copy()
+        if feed_names is not None:
+            src.feed_names = list(feed_names)
+        if label_field is not None:
+            src.label_field = label_field
+        src._convert = _Converter(src.feed_names, src.label_field, src.description)
+        src.feed_shapes.update(feed_shapes or {})
+        src.feed_dtypes.update({k: np.dtype(v) for k, v in (feed_dtypes or {}).items()})
+        return src
+
+    def _copy(self) -> FeedSource:
+        new = object.__new__(FeedSource)
+        new.__dict__.update(self.__dict__)
+        new.feed_shapes = dict(self.feed_shapes)
+        new.feed_dtypes = dict(self.feed_dtypes)
+        return new
+
+    def _checked_batch(self, batch: Batch, index: int) -> Batch:
+        if not self.feed_shapes and not self.feed_dtypes:
+            return batch
+        feed = dict(batch.feed)
+        for name, arr in feed.items():
+            want = self.feed_shapes.get(name)
+            if want is not None and not _shape_matches(arr.shape, want):
+                raise DataError(f"{self.description}, batch {index}: feed {name!r} has shape {list(arr.shape)} "
+                                f"but the model expects {list(want)} (-1 = any size); reshape the data")
+            dtype = self.feed_dtypes.get(name)
+            if dtype is not None and arr.dtype != dtype:
+                feed[name] = arr.astype(dtype)  # a copy: the user's arrays stay untouched
+        return Batch(feed, batch.label)
+
+
+def _shape_matches(shape, want) -> bool:
+    return len(shape) == len(want) and all(w is None or w < 0 or s == w for s, w in zip(shape, want))
+
+
+def _readonly(view: np.ndarray) -> np.ndarray:
+    view = view.view()
+    view.flags.writeable = False  # a consumer writing into a batch must not change the user's arrays
+    return view
+
+
+def _common_length(arrays: dict, labels) -> int:
+    lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
+    if labels is not None:
+        lengths["labels"] = labels.shape[0] if labels.ndim else 0
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"arrays have different numbers of samples (first dimension): {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise DataError("the arrays hold no samples (first dimension is 0); the data yielded no batches")
+    return n
+
+
+def _rebatched(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    pending: list[Batch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.size
+        while held >= batch_size:
+            merged = _concat(pending)
+            yield _slice(merged, 0, batch_size)
+            rest = _slice(merged, batch_size, held)
+            held -= batch_size
+            pending = [rest] if held else []
+    if held:
+        yield _concat(pending)
+
+
+def _concat(batches: list[Batch]) -> Batch:
+    if len(batches) == 1:
+        return batches[0]
+    labels = [b.label for b in batches]
+    if any(lab is None for lab in labels) and not all(lab is None for lab in labels):
+        raise DataError("some batches have labels and some do not; every batch must carry a label, or none")
+    feed = {k: np.concatenate([b.feed[k] for b in batches]) for k in batches[0].feed}
+    return Batch(feed, None if labels[0] is None else np.concatenate(labels))
+
+
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    return Batch({k: v[start:stop] for k, v in batch.feed.items()},
+                 None if batch.label is None else batch.label[start:stop])
+
+
+def _safe_len(obj) -> int | None:
+    try:
+        return len(obj)
+    except Exception:  # IterableDataset loaders and plain iterables have no length
+        return None
+
+
+def _call_factory(func):
+    def factory():
+        try:
+            result = func()
+        except TypeError as err:
+            raise DataError(f"calling {_describe(func)} with no arguments failed ({err}); pass a generator "
+                            "function that takes no arguments, or a DataLoader") from None
+        if not isinstance(result, Iterable):
+            raise DataError(f"{_describe(func)} returned a {type(result).__name__}, not an iterable of batches")
+        return result
+
+    return factory
+
+
+def _describe(obj) -> str:
+    if type(obj).__name__ == "DataLoader":
+        return "the DataLoader"
+    if callable(obj) and hasattr(obj, "__name__"):
+        return f"the generator function {obj.__name__}()"
+    if isinstance(obj, (str, Path)):
+        return f"the Dataset folder {obj}"
+    return f"the {type(obj).__name__} data"

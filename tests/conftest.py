@@ -1,0 +1,49 @@
+"""Shared fixtures: the real digits model and data, trained once per test session."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+@pytest.fixture(scope="session")
+def digits_files(tmp_path_factory):
+    """The demo CNN trained on scikit-learn's real digits (legacy .pdmodel), in a session cache."""
+    from autocompress.demo.digits import digits_model
+
+    return digits_model(cache_dir=tmp_path_factory.mktemp("digits-cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from autocompress.demo.digits import digits_splits
+
+    return digits_splits()
+
+
+@pytest.fixture
+def digits_copy(digits_files, tmp_path):
+    """A private copy of the digits model, for tests that must prove the input is never modified."""
+    from autocompress.model_io import copy_model
+
+    return copy_model(digits_files, tmp_path / "input-model")
+
+
+def tree_hashes(folder) -> dict[str, str]:
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def hashes():
+    return tree_hashes
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    return float((outputs.argmax(-1) == labels.reshape(-1)).mean())
