@@ -90,8 +90,6 @@ def resolve_device(devices: str | None):
 
 def device_string(place) -> str:
     """Inverse of resolve_device for logs and summaries."""
-    text = str(place)
-    if "CPU" in text:
-        return "cpu"
-    m = re.search(r"(\w+)Place\((\d+)\)", text)
-    return f"{m.group(1).lower().replace('cuda', 'gpu')}:{m.group(2)}" if m else text
+    text = str(place)  # e.g. Place(cpu), Place(gpu:0)
+    m = re.search(r"Place\(([^)]*)\)", text)
+    return m.group(1).lower() if m else text
