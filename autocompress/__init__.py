@@ -1,4 +1,8 @@
 """autocompress: source-free automatic compression of Paddle inference models."""
+from .api import AutoCompression
+from .config import (DistillationConfig, HyperParameterOptimizationConfig, MultiTeacherDistillationConfig,
+                     PruneConfig, QuantizationConfig, TrainConfig, UnstructurePruneConfig)
 from .version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["AutoCompression", "QuantizationConfig", "DistillationConfig", "MultiTeacherDistillationConfig",
+           "HyperParameterOptimizationConfig", "PruneConfig", "UnstructurePruneConfig", "TrainConfig", "__version__"]

@@ -84,7 +84,6 @@ class AutoCompression:
 
         guard = InputGuard(self.model_files)
         start = time.perf_counter()
-        self.save_dir.mkdir(parents=True, exist_ok=True)
         context = self._prepare()
         module, func = ENGINES[self.combination]
         engine = getattr(importlib.import_module(module), func)

@@ -453,9 +453,7 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
             value = getattr(sections["Data"], field)
             if value:
                 setattr(sections["Data"], field, _resolve(value, base_dir))
-    save_dir = data.get("SaveDir", "./output")
-    if base_dir is not None:
-        save_dir = _resolve(save_dir, base_dir)
+    save_dir = str(data.get("SaveDir", "./output"))  # like --save-dir: relative to the working directory
     try:
         return RunConfig(**sections, Device=str(data.get("Device", "cpu")), SaveDir=save_dir,
                          strategy=configs, combination=combination,

@@ -7,26 +7,28 @@ from .config import RunConfig, load_run_config
 from .errors import ConfigError
 
 
-def _data(location: str | None, what: str, batch_size: int):
-    if location is None:
-        return None
-    if "://" in location:
-        from .storage import fetch  # object-store URIs land in a local cache first
+def _local(location: str) -> str:
+    """Local folder for a location: builtin demo assets and object-store URIs land in a cache."""
+    if location.startswith("builtin://"):
+        from .demo.digits import materialize_builtin
 
-        location = str(fetch(location))
-    if not Path(location).exists():
-        raise ConfigError(f"Data.{what}: {location} does not exist (expected a Dataset folder with dataset.yaml)")
-    from .data.dataset import read_dataset
-
-    return read_dataset(location, batch_size=batch_size)
-
-
-def _model_dir(location: str) -> str:
+        return str(materialize_builtin(location))
     if "://" in location:
         from .storage import fetch
 
         return str(fetch(location))
     return location
+
+
+def _data(location: str | None, what: str, batch_size: int):
+    if location is None:
+        return None
+    location = _local(location)
+    if not Path(location).exists():
+        raise ConfigError(f"Data.{what}: {location} does not exist (expected a Dataset folder with dataset.yaml)")
+    from .data.dataset import read_dataset
+
+    return read_dataset(location, batch_size=batch_size)
 
 
 def run_config(config: RunConfig | str | Path, save_dir: str | None = None, progress: bool = True) -> dict:
@@ -42,7 +44,7 @@ def run_config(config: RunConfig | str | Path, save_dir: str | None = None, prog
     if evaluation is None:
         raise ConfigError("Data.eval is required (the data the budget is measured on)")
     ac = AutoCompression(
-        model_dir=_model_dir(rc.Model.model_dir), model_filename=rc.Model.model_filename,
+        model_dir=_local(rc.Model.model_dir), model_filename=rc.Model.model_filename,
         params_filename=rc.Model.params_filename, save_dir=save_dir or rc.SaveDir,
         strategy_config=rc.strategy, train_config=rc.train, train_dataloader=train,
         eval_callback=evaluation, devices=rc.Device, metric=rc.Eval.metric, max_drop=rc.Eval.max_drop,

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from .errors import StorageError
 
@@ -451,8 +451,3 @@ def publish(src, uri: str, *, store: ObjectStore | None = None) -> list[str]:
     shutil.copy2(src, dest)
     return [str(dest)]
 
-
-def iter_remote_files(uri: str, store: ObjectStore | None = None) -> Iterator[str]:
-    s = _store(uri, store)
-    for rel in s.list(uri):
-        yield str(parse_uri(uri).child(rel))

@@ -99,3 +99,23 @@ def digits_model(cache_dir=None, seed: int = 0) -> ModelFiles:
     if not (folder / "inference.pdmodel").exists():
         train_digits_model(folder, seed=seed)
     return locate_model(folder)
+
+
+def materialize_builtin(uri: str, cache_dir=None) -> Path:
+    """Resolve `builtin://digits` (the model) and `builtin://digits/<split>` (a Dataset folder) to local
+    folders, so example configs run on a fresh clone with no data preparation step."""
+    from ..errors import ConfigError
+
+    parts = uri.removeprefix("builtin://").strip("/").split("/")
+    if parts[0] != "digits" or len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("train", "calib", "eval")):
+        raise ConfigError(f"unknown builtin location {uri!r}; available: builtin://digits (model), "
+                          "builtin://digits/train, builtin://digits/calib, builtin://digits/eval (datasets)")
+    if len(parts) == 1:
+        return digits_model(cache_dir).model_dir
+    from ..data.dataset import write_dataset
+
+    folder = Path(cache_dir or default_cache_dir()) / f"digits-data-{__version__}" / parts[1]
+    if not (folder / "dataset.yaml").exists():
+        x, y = digits_splits()[parts[1]]
+        write_dataset(folder, {"x": x}, labels=y)
+    return folder

@@ -376,10 +376,13 @@ def _elementwise(g: ChannelGraph, op, idx, segs):
             return
         if g.resolve(xin) == g.resolve(yin):
             return
-    if len(yshape) > 1 and yshape[1] == 1:
+    if len(yshape) > 1 and yshape[1] == 1 and xshape[1] != 1:
         g.freeze(yin, f"are broadcast over channels by {op.type}")
         return
-    g.freeze(xin + yin, f"are combined by {op.type} with a tensor of different channel layout")
+    reason = f"are combined by {op.type} with a tensor of different channel layout"
+    g.freeze(xin + yin, reason)
+    channels = (_shape(block, out) or [0, 0])[1]
+    g.tensor_segments[out] = (Segment(g.new_space(channels, reason), channels),)
 
 
 def _concat(g: ChannelGraph, op, segs):
@@ -391,6 +394,8 @@ def _concat(g: ChannelGraph, op, segs):
     if axis < 0:
         axis += rank
     parts = [segs(n, "concat") for n in names]
+    if any(s.channels <= 0 for p in parts for s in p):
+        axis = None  # an unknown channel count makes every later offset unknown
     if axis != 1 or "AxisTensor" in op.input_names and op.input("AxisTensor"):
         for p in parts:
             g.freeze(p, "are concatenated along a non-channel axis")

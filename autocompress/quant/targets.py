@@ -1,0 +1,87 @@
+"""Which tensors a PTQ run quantizes, chosen by Paddle's own op tables (never our own guess).
+
+Mirrors `PostTrainingQuantization._collect_target_varnames` (the quant_config tables, is_full_quantize)
+and adds what paddle's PTQ leaves out: ops whose `op_namescope` contains a `not_quant_pattern` are not
+quantized, so their inputs need no statistics.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import ConfigError
+
+_FLOAT_DTYPES = ("float32", "float64", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantTargets:
+    weight_op_types: list[str]       # ops whose weights get quantize_linear/dequantize_linear
+    act_op_types: list[str]          # ops whose activation inputs get quant/dequant pairs
+    observer_op_types: list[str]     # ops whose outputs get a scale for the deployed int8 kernels
+    skip_patterns: list[str]         # not_quant_pattern
+    activations: list[str]           # float tensors that need a threshold, in program order
+    weights: dict[str, str]          # weight name -> consuming op type ('matmul_v2_trans_y' style)
+
+
+def quant_op_tables(quant_config):
+    """Paddle's op-type tables for a QuantizationConfig: (weight ops, act ops, observer ops)."""
+    from paddle.static.quantization.quant_config import SUPPORT_QUANTIZATION_OP_DICT, BaseQuantizer
+
+    if quant_config.weight_bits != quant_config.activation_bits:
+        raise ConfigError(
+            f"QuantizationConfig.weight_bits={quant_config.weight_bits} and activation_bits="
+            f"{quant_config.activation_bits} differ; Paddle's int8 export needs them equal. Set both to the "
+            "same value (usually 8).")
+    op_types = (list(SUPPORT_QUANTIZATION_OP_DICT) if quant_config.is_full_quantize
+                else list(quant_config.quantize_op_types))
+    quantizer = BaseQuantizer(quantizable_op_type=op_types, quant_bits=quant_config.weight_bits)
+    return (list(quantizer.weight_quant_operation_types), list(quantizer.activation_quant_operation_types),
+            list(quantizer.observer_operation_types))
+
+
+def is_skipped(op, patterns) -> bool:
+    """True when the op's name scope contains one of the not_quant patterns (the spec's rule)."""
+    if not op.has_attr("op_namescope"):
+        return False
+    scope = op.attr("op_namescope") or ""
+    return any(p and p in scope for p in patterns)
+
+
+def _dtype_name(var) -> str:
+    return str(var.dtype).replace("paddle.", "").replace("VarType.", "").lower()
+
+
+def find_targets(program, quant_config) -> QuantTargets:
+    """Collect the tensors that need thresholds and the weights to quantize, in program order."""
+    from paddle.static.quantization import utils
+
+    weight_ops, act_ops, observer_ops = quant_op_tables(quant_config)
+    patterns = list(quant_config.not_quant_pattern or [])
+    persistable = {v.name for v in program.list_vars() if v.persistable}
+    activations: dict[str, None] = {}  # ordered set
+    weights: dict[str, str] = {}
+
+    def add_act(block, name):
+        if name in persistable or not block.has_var(name):
+            return
+        if _dtype_name(block.var(name)) in _FLOAT_DTYPES:
+            activations.setdefault(name)
+
+    for block in program.blocks:
+        for op in block.ops:
+            op_type = op.type
+            quantized = op_type in weight_ops or op_type in act_ops
+            if quantized and not is_skipped(op, patterns):
+                if op_type == "matmul_v2" and op.attr("trans_y"):
+                    op_type = "matmul_v2_trans_y"
+                for name in utils._get_op_input_var_names(op):
+                    if name in persistable:
+                        if op.type in weight_ops:
+                            weights[name] = op_type
+                    else:
+                        add_act(block, name)
+            if quantized or op.type in observer_ops:
+                # outputs of quantized and observer ops get an output scale for the int8 kernels
+                for name in utils._get_op_output_var_names(op):
+                    add_act(block, name)
+    return QuantTargets(weight_ops, act_ops, observer_ops, patterns, list(activations), weights)
