@@ -31,7 +31,7 @@ import yaml
 
 from ..atomic import atomic_dir
 from ..errors import DataError
-from .source import Batch, FeedSource, _rebatched, to_numpy
+from .source import Batch, FeedSource, _rebatched, sample_shapes
 
 DATASET_FILE = "dataset.yaml"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ class _ShardWriter:
                 raise DataError(f"label_field {self.label_field!r} is also a feed name; pick another label_field")
         if self.has_label and batch.label is None:
             raise DataError("some batches have labels and some do not; every batch must carry a label, or none")
-        if self.pending and _sample_shapes(self.pending[0]) != _sample_shapes(batch):
+        if self.pending and sample_shapes(self.pending[0]) != sample_shapes(batch):
             self._flush(self.held)
         self.pending.append(batch)
         self.held += batch.size
@@ -137,11 +137,6 @@ class _ShardWriter:
                 "label_field": self.label_field if self.has_label else None, "label": label,
                 "samples": sum(s["samples"] for s in self.shards), "shards": self.shards,
                 "preprocessing": preprocessing}
-
-
-def _sample_shapes(batch: Batch) -> tuple:
-    shapes = tuple(v.shape[1:] for v in batch.feed.values())
-    return shapes + ((batch.label.shape[1:],) if batch.label is not None else ())
 
 
 def _sha256(data: bytes) -> str:
@@ -318,4 +313,4 @@ def _read_plugin(folder: Path, meta: dict, path: Path) -> FeedSource:
                       description=f"the reader plugin {meta['reader']} on {folder}")
 
 
-__all__ = ["write_dataset", "write_source", "read_dataset", "load_dataset_yaml", "DATASET_FILE", "to_numpy"]
+__all__ = ["write_dataset", "write_source", "read_dataset", "load_dataset_yaml", "DATASET_FILE"]

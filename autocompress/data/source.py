@@ -48,7 +48,7 @@ def to_numpy(value, what: str) -> np.ndarray:
     return arr
 
 
-class _Converter:
+class BatchConverter:
     """Turns one raw batch (dict / list / tuple / array) into a `Batch`, naming what is wrong."""
 
     def __init__(self, feed_names: list[str] | None, label_field: str | None, where: str):
@@ -114,7 +114,7 @@ class FeedSource:
         self.description = description
         self._num_batches = num_batches
         self._converted = converted  # factory already yields `Batch`es with the right names
-        self._convert = _Converter(self.feed_names, label_field, description)
+        self._convert = BatchConverter(self.feed_names, label_field, description)
         self.feed_shapes = dict(feed_shapes or {})
         self.feed_dtypes = {k: np.dtype(v) for k, v in (feed_dtypes or {}).items()}
 
@@ -122,10 +122,11 @@ class FeedSource:
     @classmethod
     def from_any(cls, obj, feed_names: list[str] | None, label_field: str | None = None, *,
                  feed_shapes: Mapping[str, list] | None = None,
-                 feed_dtypes: Mapping[str, str] | None = None) -> FeedSource:
+                 feed_dtypes: Mapping[str, str] | None = None, batch_size: int = 32) -> FeedSource:
         """Wrap a DataLoader, a re-iterable, a generator function, a Dataset folder or a FeedSource.
 
-        `feed_shapes` (model shapes, -1 = any) and `feed_dtypes` are optional checks/casts per feed.
+        `feed_shapes` (model shapes, -1 = any) and `feed_dtypes` are optional checks/casts per feed;
+        `batch_size` applies to Dataset folders only (other sources keep their own batching).
         """
         if obj is None:
             raise DataError("no data given: pass a paddle DataLoader, a generator function or a Dataset folder")
@@ -135,7 +136,7 @@ class FeedSource:
         if isinstance(obj, (str, os.PathLike)):
             from .dataset import read_dataset
 
-            return read_dataset(obj)._checked_against(feed_names, label_field, **checks)
+            return read_dataset(obj, batch_size)._checked_against(feed_names, label_field, **checks)
         if isinstance(obj, (np.ndarray, Mapping)):
             raise DataError(f"got a {type(obj).__name__}, not a sequence of batches; for in-memory arrays use "
                             "FeedSource.from_arrays({feed_name: array, ...}, labels, batch_size)")
@@ -151,6 +152,16 @@ class FeedSource:
             return cls(_call_factory(obj), feed_names, label_field=label_field, description=_describe(obj), **checks)
         raise DataError(f"cannot read data from a {type(obj).__name__}; pass a paddle DataLoader, a generator "
                         "function, a list of batches or a Dataset folder path")
+
+    @classmethod
+    def for_model(cls, obj, model, label_field: str | None = None) -> FeedSource:
+        """`from_any` bound to a `model_io.LoadedModel`: its feed names, shapes checked, dtypes cast."""
+        from paddle.base.data_feeder import convert_dtype
+
+        block = model.program.global_block()
+        shapes = {n: list(block.var(n).shape) for n in model.feed_names}
+        dtypes = {n: convert_dtype(block.var(n).dtype) for n in model.feed_names}
+        return cls.from_any(obj, model.feed_names, label_field, feed_shapes=shapes, feed_dtypes=dtypes)
 
     @classmethod
     def from_arrays(cls, feeds: Mapping[str, np.ndarray], labels=None, batch_size: int = 32) -> FeedSource:
@@ -181,12 +192,18 @@ class FeedSource:
 
     def _iterate(self, limit):
         count = 0
-        for index, raw in enumerate(self._factory()):
-            batch = raw if self._converted else self._convert(raw, index)
-            yield self._checked_batch(batch, index)
-            count += 1
-            if limit is not None and count >= limit:
-                return
+        raw_batches = iter(self._factory())
+        try:
+            for index, raw in enumerate(raw_batches):
+                batch = raw if self._converted else self._convert(raw, index)
+                yield self._checked_batch(batch, index)
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+        finally:
+            close = getattr(raw_batches, "close", None)  # stop a user's generator early, releasing its files
+            if close is not None:
+                close()
         if count == 0:
             raise DataError(f"{self.description} yielded no batches; check that the data set is not empty "
                             "(and that a DataLoader's drop_last did not drop the only, partial batch)")
@@ -222,7 +239,7 @@ class FeedSource:
             src.feed_names = list(feed_names)
         if label_field is not None:
             src.label_field = label_field
-        src._convert = _Converter(src.feed_names, src.label_field, src.description)
+        src._convert = BatchConverter(src.feed_names, src.label_field, src.description)
         src.feed_shapes.update(feed_shapes or {})
         src.feed_dtypes.update({k: np.dtype(v) for k, v in (feed_dtypes or {}).items()})
         return src
@@ -272,9 +289,14 @@ def _common_length(arrays: dict, labels) -> int:
 
 
 def _rebatched(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    """Regroup samples into `batch_size` batches; a change of per-sample shape (variable-size data
+    such as OCR lines) ends the current batch early instead of failing to concatenate."""
     pending: list[Batch] = []
     held = 0
     for batch in batches:
+        if pending and sample_shapes(pending[0]) != sample_shapes(batch):
+            yield _concat(pending)
+            pending, held = [], 0
         pending.append(batch)
         held += batch.size
         while held >= batch_size:
@@ -285,6 +307,11 @@ def _rebatched(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
             pending = [rest] if held else []
     if held:
         yield _concat(pending)
+
+
+def sample_shapes(batch: Batch) -> tuple:
+    shapes = tuple(v.shape[1:] for v in batch.feed.values())
+    return shapes + ((batch.label.shape[1:],) if batch.label is not None else ())
 
 
 def _concat(batches: list[Batch]) -> Batch:

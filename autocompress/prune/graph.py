@@ -83,6 +83,10 @@ class ChannelGraph:
         self.reshape_ops: list[int] = []  # reshape2 ops with an explicit shape: rewritten after pruning
         self.following_bn: dict[str, str] = {}  # producer conv weight -> batch-norm Scale that follows it
         self.conv_kind: dict[str, str] = {}  # weight name -> op type, for messages and filters
+        # reshape of a 1-D parameter into [1, C, 1, 1] (how Paddle 3 exports a conv bias):
+        # view tensor -> (param, channel axis of the view, op index); its shape attr is rewritten
+        self.param_views: dict[str, tuple[str, int, int]] = {}
+        self.view_reshapes: list[tuple[int, int]] = []  # (op index, axis) to rewrite after pruning
 
     # -- union-find over spaces -------------------------------------------------------------
     def new_space(self, channels: int, frozen: str | None = None) -> int:
@@ -218,6 +222,8 @@ def analyze(program, feed_names=(), fetch_names=()) -> ChannelGraph:
         if t == "fetch":
             freeze_inputs(op, "reach a model output")
             continue
+        if _param_view(g, op, idx):
+            continue
         rank_ok = all(len(_shape(block, n) or []) in (2, 4) for n in op.input_arg_names if not _is_param(block, n))
         if t in CONVS or t == "conv2d_transpose":
             _conv(g, op, idx, segs)
@@ -248,6 +254,26 @@ def analyze(program, feed_names=(), fetch_names=()) -> ChannelGraph:
     for ref in g.refs:
         ref.segments = g.resolve(ref.segments)
     return g
+
+
+def _param_view(g: ChannelGraph, op, idx) -> bool:
+    """Record `reshape2(bias[C]) -> [1, C, 1, 1]`; True if `op` is such a reshape."""
+    if op.type not in ("reshape2", "reshape", "unsqueeze2", "unsqueeze"):
+        return False
+    block = g.block
+    x = op.input("X")[0]
+    xshape = _shape(block, x) or []
+    if not (_is_param(block, x) and len(xshape) == 1):
+        return False
+    if any(op.input(s) for s in ("Shape", "ShapeTensor", "AxesTensor", "AxesTensorList") if s in op.input_names):
+        return False
+    out = op.output("Out")[0]
+    oshape = _shape(block, out) or []
+    big = [i for i, d in enumerate(oshape) if d != 1]
+    if len(big) != 1 or oshape[big[0]] != xshape[0]:
+        return False
+    g.param_views[out] = (x, big[0], idx)
+    return True
 
 
 def _pass_ok(op) -> bool:
@@ -336,7 +362,7 @@ def _feeds_directly(g: ChannelGraph, ref: ParamRef, x: str) -> bool:
         return True
     for later in block.ops[ref.op_index + 1:]:
         if later.type == "elementwise_add" and later.input("X")[0] in outs and x in later.output("Out") \
-                and _is_param(block, later.input("Y")[0]):
+                and (_is_param(block, later.input("Y")[0]) or later.input("Y")[0] in g.param_views):
             return True
     return False
 
@@ -353,6 +379,16 @@ def _elementwise(g: ChannelGraph, op, idx, segs):
     axis = int(_attr(op, "axis", -1))
     if len(xshape) not in (2, 4):
         g.freeze(xin, f"pass through {op.type} on a rank-{len(xshape)} tensor")
+        return
+    if y in g.param_views:
+        param, vaxis, vidx = g.param_views[y]
+        total = sum(s.channels * s.repeat for s in xin)
+        if len(yshape) == len(xshape) and vaxis == 1 and yshape[1] == total:
+            g.refs.append(ParamRef(param, 0, xin, "member", idx))  # the conv bias follows
+            if g.block.ops[vidx].type.startswith("reshape"):
+                g.view_reshapes.append((vidx, vaxis))
+            return
+        g.freeze(xin, f"are combined with parameter {param} reshaped to {yshape} by {op.type}")
         return
     if _is_param(block, y):
         total = sum(s.channels * s.repeat for s in xin)

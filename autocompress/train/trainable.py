@@ -18,8 +18,8 @@ from ..errors import ModelError
 
 log = logging.getLogger("autocompress.train")
 
-# Outputs that inference export drops but the training kernels write. Their dtype: a fixed one, or
-# None = the dtype of the op's X input.
+# Outputs that inference export drops and training needs although the op proto calls them
+# dispensable, or whose dtype is not the input's (None = the dtype of the op's X input).
 _TRAINING_OUTPUTS = {"dropout": {"Mask": "uint8"}, "batch_norm": {"ReserveSpace": None}}
 # Ops that `is_test=False` turns into their training behaviour. batch_norm additionally needs
 # use_global_stats=False, which jit.save sets to True for a layer in eval mode.
@@ -98,13 +98,29 @@ def set_training(program, training: bool, freeze_bn: bool = False) -> None:
 
 
 def _restore_training_outputs(block, op) -> None:
-    for slot, dtype in _TRAINING_OUTPUTS.get(op.type, {}).items():
-        if slot in op.output_names and op.output(slot):
+    """Re-create outputs that export clipped but training kernels or grad ops need (XShape of
+    flatten/reshape/transpose, dropout's Mask, batch_norm's ReserveSpace): every output slot the
+    op's proto declares non-dispensable, plus the training-only ones in _TRAINING_OUTPUTS."""
+    from paddle.base.framework import OpProtoHolder
+
+    try:
+        proto = OpProtoHolder.instance().get_op_proto(op.type)
+    except ValueError:
+        return
+    extra = _TRAINING_OUTPUTS.get(op.type, {})
+    for out in proto.outputs:
+        present = out.name in op.output_names and op.output(out.name)
+        if present or (out.dispensable and out.name not in extra):
             continue
-        x = block.var(op.input("X")[0])
-        var = block.create_var(name=f"{op.output_arg_names[0]}.{slot.lower()}", dtype=dtype or x.dtype,
-                               shape=x.shape, persistable=False, stop_gradient=True)
-        op.desc.set_output(slot, [var.name])
+        inputs = [n for n in op.input_arg_names if block.has_var(n)]
+        if not inputs:
+            continue
+        x = block.var(op.input("X")[0]) if "X" in op.input_names and op.input("X") else block.var(inputs[0])
+        dtype = extra.get(out.name) or x.dtype
+        shape = [0] + list(x.shape) if out.name == "XShape" else list(x.shape)
+        var = block.create_var(name=f"{op.output_arg_names[0]}.{out.name.lower()}", dtype=dtype, shape=shape,
+                               persistable=False, stop_gradient=True)
+        op.desc.set_output(out.name, [var.name])
 
 
 def written_names(program) -> set[str]:

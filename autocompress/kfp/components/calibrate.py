@@ -1,0 +1,14 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from ..image import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def calibrate(model: Input[Model], calib_data: Input[Dataset], config: str, stats: Output[Artifact],
+              device: str = "cpu", batch_size: int = 32):
+    """Collect activation statistics once; every PTQ trial reuses them."""
+    from autocompress import stages
+
+    info = stages.calibrate(model.path, calib_data.path, config, stats.path, device=device, batch_size=batch_size)
+    stats.metadata.update({k: info[k] for k in ("tensors", "samples")})

@@ -1,0 +1,53 @@
+"""What every pipeline shares: its parameters' defaults and how a task is placed on the cluster.
+
+Object-store credentials come from a Kubernetes Secret as environment variables (KFP's
+`mlpipeline-minio-artifact` by default, keys accesskey/secretkey) — never as pipeline parameters, so
+they never appear in compiled YAML, run forms or logs. GPU stages request `nvidia.com/gpu`, tolerate
+the GPU taint, can be pinned with a node selector and get a memory-backed /dev/shm (data loaders).
+"""
+from kfp import dsl
+from kfp import kubernetes
+
+DEFAULT_SECRET = "mlpipeline-minio-artifact"
+SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+DEFAULT_ENDPOINT = "http://minio-service.kubeflow:9000"
+DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+ACCELERATOR = "nvidia.com/gpu"
+RUN_AS = 1000  # the image's non-root user (images/Dockerfile*)
+SHM_SIZE = "8Gi"
+
+DEFAULT_PTQ_CONFIG = ('{"QuantizationConfig": {}, "HyperParameterOptimizationConfig": '
+                      '{"max_quant_count": 20}}')
+DEFAULT_TRAIN_CONFIG = '{"DistillationConfig": {}, "TrainConfig": {"epochs": 1}}'
+
+
+def common(task: dsl.PipelineTask, secret, name: str, *, cache: bool = True, retries: int = 0):
+    """Every task: display name, caching, retries, non-root security context, credentials from the Secret."""
+    task.set_display_name(name)
+    task.set_caching_options(enable_caching=cache)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="3600s")
+    kubernetes.set_security_context(task, run_as_user=RUN_AS, run_as_group=RUN_AS, run_as_non_root=True)
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=SECRET_KEYS)
+    return task
+
+
+def heavy(task: dsl.PipelineTask, *, gpu: bool, gpu_count, tolerations, node_selector, cpu_limit, memory_limit):
+    """A compute stage: CPU/memory limits; on the GPU variant an accelerator, tolerations, node
+    selector and a memory-backed /dev/shm."""
+    task.set_cpu_limit(cpu_limit)
+    task.set_memory_limit(memory_limit)
+    if gpu:
+        task.set_accelerator_type(ACCELERATOR)
+        task.set_accelerator_limit(gpu_count)
+        kubernetes.add_toleration_json(task, tolerations)
+        kubernetes.add_node_selector_json(task, node_selector)
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=SHM_SIZE)
+    return task
+
+
+def light(task: dsl.PipelineTask):
+    task.set_cpu_limit("2")
+    task.set_memory_limit("4Gi")
+    return task

@@ -1,0 +1,49 @@
+"""PTQ with hyper-parameter search: statistics collected once, the search fanned out over
+`trial_shards` parallel parts (each from the shared statistics), the best part kept, evaluated on the
+deployment backend, exported."""
+from kfp import dsl
+
+from .. import components as c
+from .common import DEFAULT_ENDPOINT, DEFAULT_PTQ_CONFIG, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light
+
+
+def build(gpu: bool = True):
+    @dsl.pipeline(name="autocompress-ptq-hpo" + ("" if gpu else "-cpu"),
+                  description="Post-training quantization with hyper-parameter search (calibrate once, "
+                              "parallel trials, select, evaluate, export).")
+    def ptq_hpo(model_uri: str, calib_data_uri: str, eval_data_uri: str,
+                config: str = DEFAULT_PTQ_CONFIG, metric: str = "top1", max_drop: float = 0.01,
+                drop_type: str = "absolute", model_filename: str = "", params_filename: str = "",
+                publish_uri: str = "", device: str = "gpu" if gpu else "cpu", gpu_count: int = 1,
+                trial_shards: int = 4, batch_size: int = 32, tolerations: list = DEFAULT_TOLERATIONS,
+                node_selector: dict = {}, object_store_secret: str = DEFAULT_SECRET,
+                s3_endpoint: str = DEFAULT_ENDPOINT, cpu_limit: str = "8", memory_limit: str = "32Gi"):
+        place = dict(gpu=gpu, gpu_count=gpu_count, tolerations=tolerations, node_selector=node_selector,
+                     cpu_limit=cpu_limit, memory_limit=memory_limit)
+        model = common(light(c.load_model(model_uri=model_uri, config=config, model_filename=model_filename,
+                                          params_filename=params_filename, s3_endpoint=s3_endpoint)),
+                       object_store_secret, "load model", cache=False, retries=2)
+        calib = common(light(c.load_data(data_uri=calib_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
+                       object_store_secret, "load calibration data", cache=False, retries=2)
+        evald = common(light(c.load_data(data_uri=eval_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
+                       object_store_secret, "load eval data", cache=False, retries=2)
+        stats = common(heavy(c.calibrate(model=model.outputs["model"], calib_data=calib.outputs["dataset"],
+                                         config=config, device=device, batch_size=batch_size), **place),
+                       object_store_secret, "calibrate (once)")
+        plan = common(light(c.plan_trials(config=config, shards=trial_shards)), object_store_secret, "plan trials")
+        with dsl.ParallelFor(plan.output, name="trials") as trial:
+            part = common(heavy(c.ptq_trial(model=model.outputs["model"], stats=stats.outputs["stats"],
+                                            calib_data=calib.outputs["dataset"], eval_data=evald.outputs["dataset"],
+                                            config=config, trial=trial, metric=metric, max_drop=max_drop,
+                                            drop_type=drop_type, device=device, batch_size=batch_size), **place),
+                          object_store_secret, "PTQ trials", cache=True)
+        best = common(light(c.select_best(candidates=dsl.Collected(part.outputs["candidate"]))),
+                      object_store_secret, "select best")
+        ev = common(heavy(c.evaluate(model=best.outputs["best"], baseline=model.outputs["model"],
+                                     eval_data=evald.outputs["dataset"], metric=metric, max_drop=max_drop,
+                                     drop_type=drop_type, device=device, batch_size=batch_size), **place),
+                    object_store_secret, "evaluate")
+        common(light(c.export(model=best.outputs["best"], summary=ev.outputs["summary"], publish_uri=publish_uri,
+                               s3_endpoint=s3_endpoint)), object_store_secret, "export", cache=False, retries=2)
+
+    return ptq_hpo

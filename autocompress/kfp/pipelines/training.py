@@ -1,0 +1,77 @@
+"""The five training combinations share one shape:
+load model + data -> [prune] -> distill_train (retried, resumes from checkpoints) -> evaluate -> export.
+
+- qat_distill: QuantizationConfig + DistillationConfig (quantization-aware training, int8 export)
+- prune_distill: PruneConfig (channels removed first, in the `prune` stage) + DistillationConfig
+- sparse_distill: UnstructurePruneConfig + DistillationConfig (masks applied while training)
+- distill: DistillationConfig
+- multi_teacher_distill: MultiTeacherDistillationConfig (teachers by URI in the config)
+The teacher defaults to the original model (source-free distillation).
+"""
+from kfp import dsl
+
+from .. import components as c
+from .common import DEFAULT_ENDPOINT, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light
+
+TRAINING_RETRIES = 3
+
+DEFAULT_CONFIGS = {
+    "qat_distill": '{"QuantizationConfig": {}, "DistillationConfig": {}, "TrainConfig": {"epochs": 1}}',
+    "prune_distill": '{"PruneConfig": {"pruned_ratio": 0.25}, "DistillationConfig": {}, "TrainConfig": {"epochs": 1}}',
+    "sparse_distill": '{"UnstructurePruneConfig": {"prune_ratio": 0.5}, "DistillationConfig": {}, '
+                      '"TrainConfig": {"epochs": 1}}',
+    "distill": '{"DistillationConfig": {}, "TrainConfig": {"epochs": 1}}',
+    "multi_teacher_distill": '{"MultiTeacherDistillationConfig": {"teacher_model_dir": ["s3://bucket/teacher"]}, '
+                             '"TrainConfig": {"epochs": 1}}',
+}
+DESCRIPTIONS = {
+    "qat_distill": "Quantization-aware training with distillation from the original model.",
+    "prune_distill": "Channel pruning, then distillation from the original model.",
+    "sparse_distill": "Unstructured (sparse) pruning during distillation from the original model.",
+    "distill": "Distillation from the original (or a named) teacher.",
+    "multi_teacher_distill": "Distillation from several teachers.",
+}
+
+
+def build(combination: str, gpu: bool = True):
+    with_prune = combination == "prune_distill"
+
+    @dsl.pipeline(name=f"autocompress-{combination.replace('_', '-')}" + ("" if gpu else "-cpu"),
+                  description=DESCRIPTIONS[combination])
+    def pipeline(model_uri: str, train_data_uri: str, eval_data_uri: str,
+                 config: str = DEFAULT_CONFIGS[combination], metric: str = "top1", max_drop: float = 0.01,
+                 drop_type: str = "absolute", model_filename: str = "", params_filename: str = "",
+                 publish_uri: str = "", device: str = "gpu" if gpu else "cpu", gpu_count: int = 1,
+                 batch_size: int = 32, tolerations: list = DEFAULT_TOLERATIONS, node_selector: dict = {},
+                 object_store_secret: str = DEFAULT_SECRET, s3_endpoint: str = DEFAULT_ENDPOINT,
+                 cpu_limit: str = "8", memory_limit: str = "32Gi"):
+        place = dict(gpu=gpu, gpu_count=gpu_count, tolerations=tolerations, node_selector=node_selector,
+                     cpu_limit=cpu_limit, memory_limit=memory_limit)
+        model = common(light(c.load_model(model_uri=model_uri, config=config, model_filename=model_filename,
+                                          params_filename=params_filename, s3_endpoint=s3_endpoint)),
+                       object_store_secret, "load model", cache=False, retries=2)
+        train = common(light(c.load_data(data_uri=train_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
+                       object_store_secret, "load train data", cache=False, retries=2)
+        evald = common(light(c.load_data(data_uri=eval_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
+                       object_store_secret, "load eval data", cache=False, retries=2)
+        student = model.outputs["model"]
+        if with_prune:
+            pruned = common(heavy(c.prune(model=student, config=config, device=device, batch_size=batch_size),
+                                  **place), object_store_secret, "prune channels")
+            student = pruned.outputs["pruned"]
+        trained = common(heavy(c.distill_train(student=student, teacher=model.outputs["model"],
+                                               train_data=train.outputs["dataset"], eval_data=evald.outputs["dataset"],
+                                               config=config, metric=metric, max_drop=max_drop, drop_type=drop_type,
+                                               device=device, batch_size=batch_size, s3_endpoint=s3_endpoint),
+                               **place),
+                         object_store_secret, "train (distill)", cache=False, retries=TRAINING_RETRIES)
+        ev = common(heavy(c.evaluate(model=trained.outputs["trained"], baseline=model.outputs["model"],
+                                     eval_data=evald.outputs["dataset"], metric=metric, max_drop=max_drop,
+                                     drop_type=drop_type, device=device, batch_size=batch_size), **place),
+                    object_store_secret, "evaluate")
+        common(light(c.export(model=trained.outputs["trained"], summary=ev.outputs["summary"],
+                              publish_uri=publish_uri, s3_endpoint=s3_endpoint)),
+               object_store_secret, "export", cache=False, retries=2)
+
+    pipeline.__name__ = combination
+    return pipeline

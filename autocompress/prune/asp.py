@@ -1,0 +1,107 @@
+"""ASP: 2:4 semi-structured sparsity (in every 4 consecutive weights along the input dimension,
+keep the 2 largest), the pattern sparse tensor cores (Ampere and later, TensorRT) accelerate.
+
+Groups run along the reduction (input) dimension, as the hardware needs:
+  fc / matmul weight [K, N] (X @ W): along K for each output column (along the last axis when
+  trans_y); conv filter [O, I, kh, kw]: along I for each (o, kh, kw), i.e. channel-last order.
+A weight whose input dimension is not a multiple of 4 cannot hold the pattern and is skipped
+(reported). The spec's `asp` covers fully-connected layers; convs are opt-in (`include_convs`).
+Masks are computed once from the trained weights and re-applied after every optimizer step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from .masks import MaskSet, WeightUse, read_param, weight_params
+
+N, M = 2, 4
+
+
+def _to_groups(w: np.ndarray, use: WeightUse) -> tuple[np.ndarray, callable]:
+    """View `w` as [..., 4] groups along the input dim; returns (groups, inverse reshape)."""
+    if use.is_conv:
+        t = np.transpose(w, (0, 2, 3, 1))  # [O, kh, kw, I]
+        back = lambda g: np.transpose(g.reshape(t.shape), (0, 3, 1, 2))  # noqa: E731
+        return t.reshape(-1, M), back
+    if use.trans_y:  # W is [N, K]: input dim last already
+        return w.reshape(-1, M), lambda g: g.reshape(w.shape)
+    t = w.T  # [N, K]
+    return t.reshape(-1, M), lambda g: g.reshape(t.shape).T
+
+
+def input_dim(use: WeightUse) -> int:
+    if use.is_conv:
+        return use.shape[1]
+    return use.shape[-1] if use.trans_y else use.shape[0]
+
+
+def eligible(program, include_convs: bool = False) -> tuple[dict[str, WeightUse], dict[str, str]]:
+    """(eligible weights, skipped weights with the reason)."""
+    ok, skipped = {}, {}
+    for name, use in weight_params(program).items():
+        if use.is_conv and not include_convs:
+            continue
+        if use.is_conv and (use.groups != 1 or use.op_type == "conv2d_transpose"):
+            skipped[name] = f"{use.op_type} with groups={use.groups} has no dense input dimension"
+        elif len(use.shape) not in (2, 4):
+            skipped[name] = f"rank-{len(use.shape)} weight"
+        elif input_dim(use) % M:
+            skipped[name] = f"input dimension {input_dim(use)} is not a multiple of {M}"
+        else:
+            ok[name] = use
+    return ok, skipped
+
+
+def mask_2_4(w: np.ndarray, use: WeightUse) -> np.ndarray:
+    """Keep the N largest |w| of every M consecutive input weights."""
+    groups, back = _to_groups(w, use)
+    order = np.argsort(-np.abs(groups), axis=1, kind="stable")
+    keep = np.zeros_like(groups, dtype=bool)
+    np.put_along_axis(keep, order[:, :N], True, axis=1)
+    return back(keep)
+
+
+def check_2_4(w: np.ndarray, use: WeightUse) -> float:
+    """Fraction of 4-groups holding at least 2 zeros (1.0 = the pattern holds everywhere)."""
+    groups, _ = _to_groups(w, use)
+    return float(np.mean((groups == 0).sum(axis=1) >= M - N))
+
+
+class ASPPruner:
+    def __init__(self, program, scope, include_convs: bool = False, place=None):
+        self.uses, self.skipped = eligible(program, include_convs)
+        if not self.uses:
+            what = "fc / matmul or conv" if include_convs else "fc / matmul"
+            raise ConfigError(f"PruneConfig prune_algo 'asp': no {what} weight whose input dimension is a multiple "
+                              f"of 4 (skipped: {self.skipped or 'none found'}); use prune_algo 'prune' or "
+                              "UnstructurePruneConfig")
+        self.scope, self.place = scope, place
+        self.masks = MaskSet({})
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.uses)
+
+    def prune(self) -> MaskSet:
+        self.masks = MaskSet({n: mask_2_4(read_param(self.scope, n), u) for n, u in self.uses.items()})
+        self.masks.apply(self.scope, self.place)
+        return self.masks
+
+    start = prune
+
+    def step(self, *_args, **_kwargs) -> None:
+        self.masks.apply(self.scope, self.place)
+
+    @property
+    def after_step(self):
+        return self.step
+
+    def report(self) -> dict:
+        per = {n: check_2_4(read_param(self.scope, n), u) for n, u in self.uses.items()}
+        weights = {n: read_param(self.scope, n) for n in self.uses}
+        zeros = sum(int((w == 0).sum()) for w in weights.values())
+        total = sum(w.size for w in weights.values())
+        return {"pattern": "2:4", "groups_ok": per, "all_groups_ok": all(v == 1.0 for v in per.values()),
+                "overall": zeros / max(total, 1), "skipped": self.skipped,
+                "per_tensor": {n: float((w == 0).mean()) for n, w in weights.items()}}

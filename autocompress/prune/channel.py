@@ -1,0 +1,255 @@
+"""Structured channel pruning: rank channels, pick the ones to drop, remove them physically.
+
+`analyze` (graph.py) says which parameter axes must shrink together; here we choose *which*
+channels go (criterion), then rewrite every affected parameter in the scope, the var shapes in the
+program, depthwise `groups` and explicit reshape sizes, so the saved model is really smaller.
+
+Equivalence we guarantee (and test): the pruned model computes exactly what the original model
+computes when every *consumer* of a pruned channel (next conv's input channel, fc rows) ignores it,
+i.e. `zero_pruned_inputs` applied to the original. Zeroing the conv filter alone would not be the
+same: the batch norm's beta (and mean shift) would still put a constant into the channel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from ..config import PruneConfig, build
+from ..errors import ConfigError, ModelError
+from .graph import ChannelGraph, analyze, removed_positions
+
+log = logging.getLogger("autocompress.prune")
+
+CRITERIA = ("l1_norm", "bn_scale", "geometry_median")
+
+
+@dataclasses.dataclass
+class ChannelPlan:
+    """Which channels of which space go; `targets` maps each requested weight to its space."""
+    removed: dict  # space id -> sorted np.ndarray of channel indices to drop
+    channels: dict  # space id -> channel count before pruning
+    targets: dict  # weight name -> space id
+
+    def param_removals(self, graph: ChannelGraph) -> dict[str, dict[int, np.ndarray]]:
+        """param -> {axis: positions to delete}, over every producer, member and consumer."""
+        out: dict[str, dict[int, np.ndarray]] = {}
+        for ref in graph.refs:
+            pos = removed_positions(ref.segments, self.removed)
+            if len(pos):
+                axes = out.setdefault(ref.param, {})
+                axes[ref.axis] = np.union1d(axes.get(ref.axis, np.zeros(0, np.int64)), pos)
+        return out
+
+    def summary(self) -> dict:
+        return {name: {"channels": self.channels[sid], "removed": int(len(self.removed.get(sid, ())))}
+                for name, sid in self.targets.items()}
+
+
+def _tensor(scope, name) -> np.ndarray:
+    var = scope.find_var(name)
+    if var is None:
+        raise ModelError(f"parameter {name} is in the program but not in the loaded weights; re-export the model")
+    return np.array(var.get_tensor())
+
+
+def _norm_rows(w: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).astype(np.float64)
+
+
+def channel_scores(graph: ChannelGraph, scope, space: int, criterion: str) -> np.ndarray:
+    """Importance of each channel of `space` (higher = keep). Several producers (a residual group)
+    each contribute their scores normalised to sum 1, so one large layer does not decide alone."""
+    info = graph.spaces()[space]
+    total = np.zeros(info.channels)
+    for ref in info.producers:
+        if criterion == "bn_scale":
+            bn = graph.following_bn.get(ref.param)
+            if bn is None:
+                continue  # checked by the caller, which names the layer
+            score = np.abs(_tensor(scope, bn).astype(np.float64))
+        else:
+            rows = _norm_rows(_tensor(scope, ref.param), ref.axis)
+            if criterion == "l1_norm":
+                score = np.abs(rows).sum(axis=1)
+            else:  # geometry_median: filters close to all others are replaceable (FPGM)
+                sq = (rows ** 2).sum(axis=1)
+                d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * rows @ rows.T, 0.0)
+                score = np.sqrt(d2).sum(axis=1)
+        total += score / (score.sum() + 1e-12)
+    return total
+
+
+def resolve_targets(graph: ChannelGraph, names) -> dict[str, int]:
+    """Weight names -> spaces; unknown or unsafe names are a ConfigError listing the valid ones."""
+    valid = graph.prunable_params(kinds=("conv", "depthwise", "fc"))
+    if names is None:
+        default = graph.prunable_params(kinds=("conv",))
+        if not default:
+            raise ConfigError("PruneConfig: this model has no convolution whose output channels can be pruned "
+                              "safely (all are model outputs or feed ops this analysis does not follow); "
+                              "use UnstructurePruneConfig or prune_algo 'asp' instead")
+        return default
+    if not names:
+        raise ConfigError(f"PruneConfig.prune_params_name is empty; give weight names from {sorted(valid)} "
+                          "or leave it out to prune every safely prunable convolution")
+    params = {v.name for v in graph.block.vars.values() if v.persistable}
+    out = {}
+    for name in names:
+        if name in valid:
+            out[name] = valid[name]
+        elif name in params:
+            raise ConfigError(f"PruneConfig.prune_params_name: {name!r} cannot be pruned safely: "
+                              f"{graph.why_not_prunable(name)}. Prunable weights: {sorted(valid)}")
+        else:
+            raise ConfigError(f"PruneConfig.prune_params_name: {name!r} is not a parameter of this model. "
+                              f"Prunable weights: {sorted(valid)}")
+    return out
+
+
+def plan_pruning(graph: ChannelGraph, scope, targets: dict[str, int], ratio: float,
+                 criterion: str = "l1_norm") -> ChannelPlan:
+    """Drop `floor(C * ratio)` lowest-scoring channels (at least one kept) of each target space."""
+    if criterion not in CRITERIA:
+        raise ConfigError(f"PruneConfig.criterion {criterion!r} is unknown; allowed: {list(CRITERIA)}")
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"PruneConfig.pruned_ratio must be in [0, 1), got {ratio}")
+    spaces = graph.spaces()
+    if criterion == "bn_scale":
+        def has_bn(name, sid):
+            if graph.conv_kind.get(name) == "depthwise":  # ranked by the producers of its input
+                return any(p.param in graph.following_bn for p in spaces[sid].producers)
+            return name in graph.following_bn
+
+        missing = [n for n, sid in targets.items() if not has_bn(n, sid)]
+        if missing:
+            raise ConfigError(
+                f"PruneConfig.criterion 'bn_scale' ranks channels by the batch-norm scale after each layer, "
+                f"but {missing} {'has' if len(missing) == 1 else 'have'} no batch_norm directly after it. "
+                "Use criterion 'l1_norm' or 'geometry_median', or leave these layers out of prune_params_name.")
+    removed, channels = {}, {}
+    for sid in sorted(set(targets.values())):
+        c = spaces[sid].channels
+        channels[sid] = c
+        n = min(int(np.floor(c * ratio + 1e-9)), c - 1)
+        if n <= 0:
+            continue
+        scores = channel_scores(graph, scope, sid, criterion)
+        removed[sid] = np.sort(np.argsort(scores, kind="stable")[:n]).astype(np.int64)
+    return ChannelPlan(removed, channels, dict(targets))
+
+
+def _set_tensor(scope, name, arr, place):
+    scope.find_var(name).get_tensor().set(np.ascontiguousarray(arr), place)
+
+
+def apply_plan(program, scope, graph: ChannelGraph, plan: ChannelPlan, place=None) -> None:
+    """Physically remove the planned channels from `scope`'s tensors and `program`'s shapes."""
+    import paddle
+
+    place = place or paddle.CPUPlace()
+    block = program.global_block()
+    for name, axes in plan.param_removals(graph).items():
+        arr = _tensor(scope, name)
+        for axis, pos in axes.items():
+            arr = np.delete(arr, pos, axis=axis)
+        _set_tensor(scope, name, arr, place)
+        block.var(name).desc.set_shape(list(arr.shape))
+    depthwise = {idx for idx, _ in graph.depthwise_ops}
+    views = dict(graph.view_reshapes)
+    for idx, op in enumerate(block.ops):
+        if op.type in ("feed", "fetch"):
+            continue
+        if idx in depthwise:
+            op.desc._set_attr("groups", int(block.var(op.input("Filter")[0]).shape[0]))
+        if idx in graph.reshape_ops:
+            xshape = block.var(op.input("X")[0]).shape
+            shape = list(op.attr("shape"))
+            op.desc._set_attr("shape", [shape[0], int(np.prod(xshape[1:]))])
+        if idx in views:  # reshape of a pruned bias: its target shape names the channel count
+            shape = list(op.attr("shape"))
+            if shape[views[idx]] != -1:
+                shape[views[idx]] = int(block.var(op.input("X")[0]).shape[0])
+                op.desc._set_attr("shape", shape)
+        try:
+            op.desc.infer_shape(block.desc)  # re-derive every activation shape from the new weights
+        except Exception as err:
+            raise ModelError(f"pruning left op {idx} ({op.type}) with inconsistent shapes: {err}. "
+                             "This is a bug in the dependency analysis; prune fewer layers "
+                             "(prune_params_name) and report it.") from None
+
+
+def zero_pruned_inputs(scope, graph: ChannelGraph, plan: ChannelPlan, place=None) -> None:
+    """On the *original* model: zero every consumer weight that reads a pruned channel. The result
+    computes what the pruned model computes (the reference for the equivalence test)."""
+    import paddle
+
+    place = place or paddle.CPUPlace()
+    for ref in graph.refs:
+        if ref.role != "consumer":
+            continue
+        pos = removed_positions(ref.segments, plan.removed)
+        if len(pos):
+            arr = _tensor(scope, ref.param)
+            index = [slice(None)] * arr.ndim
+            index[ref.axis] = pos
+            arr[tuple(index)] = 0
+            _set_tensor(scope, ref.param, arr, place)
+
+
+def prune_loaded(model, config, place=None):
+    """Prune a `LoadedModel` in place (its program and scope are private copies from load_model).
+    Returns (graph, plan)."""
+    config = build(PruneConfig, config)
+    if config.prune_algo != "prune":
+        raise ConfigError("prune_loaded handles prune_algo 'prune'; use prune.asp for 'asp'")
+    graph = analyze(model.program, model.feed_names, model.fetch_names)
+    targets = resolve_targets(graph, config.prune_params_name)
+    plan = plan_pruning(graph, model.scope, targets, config.pruned_ratio, config.criterion)
+    apply_plan(model.program, model.scope, graph, plan, place or getattr(model.executor, "place", None))
+    return graph, plan
+
+
+def prune_model(files, config, out_dir, feed_shapes=None, place=None) -> dict:
+    """Load `files` (never modified), prune channels, save atomically into `out_dir`.
+
+    Returns {model_files, params/flops/size before and after, pruned: {weight: {channels, removed}}}.
+    """
+    from .. import model_io
+    from ..paddle_env import legacy_ir
+
+    config = build(PruneConfig, config)
+    guard = model_io.InputGuard(files)
+    with legacy_ir():
+        model = model_io.load_model(files, place)
+        before = _stats(model, feed_shapes)
+        _, plan = prune_loaded(model, config, place)
+        after_flops = model_io.count_flops(model.program, model.feed_names, feed_shapes)
+        saved = model_io.save_model(model, out_dir, {
+            "strategy": "prune", "parent": model_io.sha256_file(files.model_path),
+            "pruned_ratio": config.pruned_ratio, "criterion": config.criterion})
+        after = {"params": model_io.count_params(model.program), "flops": after_flops,
+                 "size_bytes": model_io.dir_size(saved)}
+    guard.verify()
+    return {"model_files": saved,
+            "params_before": before["params"], "params_after": after["params"],
+            "flops_before": before["flops"], "flops_after": after["flops"],
+            "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
+            "pruned": plan.summary()}
+
+
+def _stats(model, feed_shapes) -> dict:
+    from .. import model_io
+
+    return {"params": model_io.count_params(model.program),
+            "flops": model_io.count_flops(model.program, model.feed_names, feed_shapes),
+            "size_bytes": model_io.dir_size(model.files)}
+
+
+def reduction(before, after) -> float | None:
+    return None if not before or after is None else 1.0 - after / before
+
+
+__all__ = ["CRITERIA", "ChannelPlan", "channel_scores", "resolve_targets", "plan_pruning", "apply_plan",
+           "zero_pruned_inputs", "prune_loaded", "prune_model", "reduction"]

@@ -1,0 +1,190 @@
+"""The spec's combinations 3 (PruneConfig + DistillationConfig) and 4 (UnstructurePruneConfig +
+DistillationConfig): prune or mask a private copy of the model, then fine-tune it by distillation
+from the original with the training engine (`train.engine.train_program`), masks re-applied after
+every optimizer step through its `after_step` hook.
+
+Both return the StrategyResult dict of docs/engine-interfaces.md plus params / FLOPs / sizes /
+sparsity before and after. The input model is never modified; the model lands atomically in
+`save_dir/model`, checkpoints in `save_dir/checkpoints` (a rerun resumes).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .. import model_io
+from ..config import DistillationConfig, PruneConfig, TrainConfig, UnstructurePruneConfig, build
+from ..errors import ConfigError
+from ..paddle_env import legacy_ir
+from .masks import compressed_size, scope_sparsity
+
+log = logging.getLogger("autocompress.prune")
+MODEL_SUBDIR = "model"  # same layout as train.api
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def _teacher(dc: DistillationConfig, model_files, place):
+    """The spec's teacher defaults to the original model; a separate load keeps its scope pristine."""
+    files = model_files if dc.teacher_model_dir is None else model_io.locate_model(
+        dc.teacher_model_dir, dc.teacher_model_filename, dc.teacher_params_filename)
+    return files, model_io.load_model(files, place)
+
+
+def _stats(model, feed_shapes=None) -> dict:
+    return {"params": model_io.count_params(model.program),
+            "flops": model_io.count_flops(model.program, model.feed_names, feed_shapes)}
+
+
+class _MaskHook:
+    """after_step adapter: the engine trains in its own scope, so the pruner follows `ctx.scope`;
+    `ctx.step` (1-based, survives resume) drives the GMP schedule."""
+
+    def __init__(self, pruner):
+        self.pruner = pruner
+
+    def __call__(self, ctx):
+        self.pruner.scope, self.pruner.place = ctx.scope, ctx.place
+        if hasattr(self.pruner, "iteration"):
+            self.pruner.iteration = ctx.step - 1  # step() advances it to ctx.step
+        self.pruner.step()
+
+
+def _distill(student, teacher_model, dc, train_source, evaluator, tc, save_dir, place, after_step,
+             strategy, extra_fingerprint, train_kwargs):
+    """Run the training engine with the original model as teacher and as the baseline."""
+    from ..train.api import save_trained
+    from ..train.engine import TeacherSpec, scope_predictor, train_program
+
+    spec = TeacherSpec(teacher_model, _as_list(dc.distill_loss), [float(x) for x in _as_list(dc.distill_lambda)],
+                       dc.distill_node_pair)
+    # the baseline is the *original* model: the student as loaded is already pruned
+    baseline = scope_predictor(teacher_model.executor, teacher_model.program, teacher_model.scope,
+                               list(teacher_model.fetch_names))
+    train_kwargs.setdefault("baseline_predict", baseline)
+    result = train_program(student, [spec], train_source, evaluator, tc, save_dir, place,
+                           merge_feed=dc.merge_feed, after_step=after_step,
+                           fingerprint_extra=extra_fingerprint, **train_kwargs)
+    return result, save_trained
+
+
+def _train_summary(result) -> dict:
+    return {"metric": result.metric, "baseline_metric": result.baseline_metric, "curve": result.curve,
+            "target_met": result.target_met, "seconds": result.seconds, "steps": result.steps,
+            "best_step": result.best_step, "resumed_from_step": result.resumed_from_step,
+            "stopped_early": result.stopped_early}
+
+
+def run_prune_distill(model_files, train_source, evaluator, prune_config, distill_config, train_config,
+                      save_dir, place=None, feed_shapes=None, asp_include_convs: bool = False,
+                      **train_kwargs) -> dict:
+    """Channel pruning (prune_algo 'prune') or ASP 2:4 (prune_algo 'asp'), then distillation."""
+    pc = build(PruneConfig, prune_config, "PruneConfig")
+    dc = build(DistillationConfig, distill_config, "DistillationConfig")
+    tc = build(TrainConfig, train_config, "TrainConfig")
+    save_dir = Path(save_dir)
+    if pc.prune_algo == "asp":
+        return _run_masked(model_files, train_source, evaluator, pc, dc, tc, save_dir, place, feed_shapes,
+                           train_kwargs, asp_include_convs=asp_include_convs)
+    from .channel import prune_loaded
+
+    guards = [model_io.InputGuard(model_files)]
+    with legacy_ir():
+        teacher_files, teacher = _teacher(dc, model_files, place)
+        guards.append(model_io.InputGuard(teacher_files))
+        student = model_io.load_model(model_files, place)
+        before = _stats(student, feed_shapes)
+        _, plan = prune_loaded(student, pc, place)  # in place, on this private copy
+        after = _stats(student, feed_shapes)
+        log.info("pruned: params %d -> %d, FLOPs %s -> %s", before["params"], after["params"], before["flops"],
+                 after["flops"])
+        result, save_trained = _distill(student, teacher, dc, train_source, evaluator, tc, save_dir, place, None,
+                                        "prune_distill", {"prune": pc.model_dump()}, train_kwargs)
+        out = save_trained(student, result, save_dir / MODEL_SUBDIR, None, "prune_distill")
+    for g in guards:
+        g.verify()
+    return {"strategy": "prune_distill", "model_files": out, **_train_summary(result),
+            "params_before": before["params"], "params_after": after["params"],
+            "flops_before": before["flops"], "flops_after": after["flops"],
+            "size_bytes_before": model_io.dir_size(model_files), "size_bytes_after": model_io.dir_size(out),
+            "pruned": plan.summary(), "prune_algo": "prune", "criterion": pc.criterion,
+            "pruned_ratio": pc.pruned_ratio, "checkpoints": str(save_dir / "checkpoints")}
+
+
+def run_sparse_distill(model_files, train_source, evaluator, unstructure_config, distill_config, train_config,
+                       save_dir, place=None, feed_shapes=None, **train_kwargs) -> dict:
+    """Unstructured sparsity (one-shot or GMP), then distillation with the masks held."""
+    uc = build(UnstructurePruneConfig, unstructure_config, "UnstructurePruneConfig")
+    dc = build(DistillationConfig, distill_config, "DistillationConfig")
+    tc = build(TrainConfig, train_config, "TrainConfig")
+    return _run_masked(model_files, train_source, evaluator, uc, dc, tc, Path(save_dir), place, feed_shapes,
+                       train_kwargs)
+
+
+def _total_iters(tc: TrainConfig, train_source, feed_names) -> int:
+    if tc.train_iter is not None:
+        return int(tc.train_iter)
+    if tc.epochs is None:
+        raise ConfigError("TrainConfig needs epochs or train_iter (how long to train); e.g. epochs: 3")
+    from ..data import FeedSource
+
+    source = train_source if hasattr(train_source, "batches") else FeedSource.from_any(train_source, feed_names)
+    n = source.num_batches() if hasattr(source, "num_batches") else None
+    if not n or n < 0:
+        n = sum(1 for _ in source.batches())  # a generator: one counting pass (GMP needs the length)
+    return int(tc.epochs) * int(n)
+
+
+def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, place, feed_shapes,
+                train_kwargs, asp_include_convs=False) -> dict:
+    is_asp = isinstance(config, PruneConfig)
+    strategy = "asp_distill" if is_asp else "sparse_distill"
+    guards = [model_io.InputGuard(model_files)]
+    with legacy_ir():
+        teacher_files, teacher = _teacher(dc, model_files, place)
+        guards.append(model_io.InputGuard(teacher_files))
+        student = model_io.load_model(model_files, place)
+        stats = _stats(student, feed_shapes)
+        if is_asp:
+            from .asp import ASPPruner
+
+            pruner = ASPPruner(student.program, student.scope, include_convs=asp_include_convs, place=place)
+        else:
+            from .unstructured import UnstructuredPruner
+
+            total = _total_iters(tc, train_source, student.feed_names) if config.prune_strategy == "gmp" else None
+            pruner = UnstructuredPruner(student.program, student.scope, config, total_iters=total, place=place)
+        sparsity_before = scope_sparsity(student.scope, pruner.names)["overall"]
+        pruner.start()  # masks on the private copy; the engine copies the masked weights
+        if getattr(pruner, "schedule", None) is not None:
+            # Only evaluate once the ramp is done: the engine keeps the best *evaluated* weights, and
+            # a checkpoint from mid-ramp would hold less than the target sparsity.
+            ramp_end = pruner.schedule.stable + pruner.schedule.pruning
+            if tc.eval_iter < ramp_end:
+                log.info("GMP: evaluating every %d steps (from %d) so that only fully sparse weights can be "
+                         "selected", ramp_end, tc.eval_iter)
+                tc = tc.model_copy(update={"eval_iter": ramp_end})
+            train_kwargs.setdefault("evaluate_initial", False)
+        result, save_trained = _distill(student, teacher, dc, train_source, evaluator, tc, save_dir, place,
+                                        _MaskHook(pruner), strategy, {"masks": config.model_dump()}, train_kwargs)
+        # the engine's restored best weights were masked when checkpointed; re-applying the final
+        # masks guarantees the saved zeros even if a checkpoint came from elsewhere
+        pruner.scope, pruner.place = result.scope, result.place
+        if not is_asp and pruner.schedule is not None:
+            pruner.iteration = max(pruner.iteration, pruner.schedule.stable + pruner.schedule.pruning)
+            if pruner.current_ratio != config.prune_ratio:
+                pruner.prune(config.prune_ratio)
+        pruner.masks.apply(result.scope, result.place)
+        report = pruner.report()
+        out = save_trained(student, result, save_dir / MODEL_SUBDIR, None, strategy)
+    for g in guards:
+        g.verify()
+    return {"strategy": strategy, "model_files": out, **_train_summary(result),
+            "params_before": stats["params"], "params_after": stats["params"],
+            "flops_before": stats["flops"], "flops_after": stats["flops"],
+            "size_bytes_before": model_io.dir_size(model_files), "size_bytes_after": model_io.dir_size(out),
+            "compressed_size_before": compressed_size(model_files), "compressed_size_after": compressed_size(out),
+            "sparsity_before": sparsity_before, "sparsity_after": report["overall"], "sparsity": report,
+            "checkpoints": str(save_dir / "checkpoints")}

@@ -1,0 +1,207 @@
+"""Apply given thresholds to the FP32 program: the int8 (quantize/dequantize_linear) model, no recalibration.
+
+Drives the passes paddle's PTQ uses for its ONNX-style export (QuantizationTransformPassV2,
+AddQuantDequantPassV2, QuantWeightPass, AddQuantDequantForInferencePass) on a clone of the program
+in a fresh scope, so the loaded FP32 model is never modified and one load serves every trial.
+Unlike paddle's PTQ it passes `not_quant_pattern` to the passes and really applies bias correction.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..errors import DataError
+from .targets import QuantTargets
+from .weights import quantize_weight, weight_scales
+
+
+@dataclasses.dataclass
+class QuantizedModel:
+    program: object
+    scope: object
+    feed_names: list[str]
+    fetch_names: list[str]
+    weight_scales: dict[str, np.ndarray]
+    thresholds: dict[str, float]
+
+
+def quantize_model(model, thresholds: dict[str, float], targets: QuantTargets, bits: int = 8,
+                   weight_quantize_type: str = "channel_wise_abs_max", bias_correct: bool = False,
+                   place=None) -> QuantizedModel:
+    """Quantized copy of `model` (a LoadedModel) with the given activation thresholds.
+
+    Call inside `paddle_env.legacy_ir()`. Raises DataError naming the tensors without a threshold.
+    For many trials build one `QuantTemplate` per weight_quantize_type and `instantiate` it.
+    """
+    return QuantTemplate(model, targets, bits, weight_quantize_type, place).instantiate(thresholds, bias_correct)
+
+
+class QuantTemplate:
+    """The quantized program for one (model, targets, bits, weight_quantize_type), built once.
+
+    Paddle's passes are slow (AddQuantDequantForInferencePass is quadratic in the graph size: ~5 s
+    on PP-OCRv4 rec) but a trial only changes numbers: the `<tensor>@scale` values and the int
+    weights. So the passes run once with placeholder scales and each trial fills a fresh scope.
+    """
+
+    def __init__(self, model, targets: QuantTargets, bits: int = 8,
+                 weight_quantize_type: str = "channel_wise_abs_max", place=None):
+        import paddle
+        from paddle.base.framework import IrGraph
+        from paddle.framework import core
+        from paddle.static.quantization import (AddQuantDequantForInferencePass, AddQuantDequantPassV2,
+                                                QuantizationTransformPassV2, QuantWeightPass, utils)
+
+        from ..model_io import persistable_names
+
+        self.model, self.targets, self.bits = model, targets, bits
+        self.place = place or paddle.CPUPlace()
+        build_scope = _copy_params(model, self.place)
+        graph = IrGraph(core.Graph(model.program.clone(for_test=True).desc), for_test=True)
+        passes = [
+            QuantizationTransformPassV2(scope=build_scope, place=self.place, weight_bits=bits,
+                                        activation_bits=bits, activation_quantize_type="range_abs_max",
+                                        weight_quantize_type=weight_quantize_type,
+                                        skip_pattern=targets.skip_patterns,
+                                        quantizable_op_type=targets.weight_op_types),
+            AddQuantDequantPassV2(scope=build_scope, place=self.place, quant_bits=bits,
+                                  skip_pattern=targets.skip_patterns, quantizable_op_type=targets.act_op_types),
+        ]
+        with _quiet_tqdm():
+            for p in passes:
+                for sub in graph.all_sub_graphs():
+                    sub._for_test = True
+                    p.apply(sub)
+        self.weights = {}  # weight name -> (fp32 values, quant axis the pass chose)
+        for op in graph.all_op_nodes():
+            if op.name() == "quantize_linear":
+                x_name = op.input("X")[0]
+                if graph._find_node_by_name(op.inputs, x_name).persistable():
+                    w = np.array(model.scope.find_var(x_name).get_tensor())
+                    self.weights[x_name] = (w, int(op.op().attr("quant_axis")))
+        # QuantWeightPass only rewires here (weights -> dequantize_linear); values are set per trial
+        QuantWeightPass(build_scope, self.place, quant_bits=bits, save_int_weight=False).apply(graph)
+        observers = targets.weight_op_types + targets.act_op_types + targets.observer_op_types
+        placeholder = {name: 1.0 for name in targets.activations}
+        out_scales = AddQuantDequantForInferencePass(scope=build_scope, place=self.place, quant_bits=bits,
+                                                     quantizable_op_type=observers,
+                                                     calibration_range_dict=placeholder)
+        with _quiet_logger():
+            for sub in graph.all_sub_graphs():
+                sub._for_test = True
+                out_scales.apply(sub)
+        self.program = graph.to_program()
+        utils.move_persistable_var_to_global_block(self.program)
+        # classify the quantized program's persistables: weight scales, activation scales, the rest
+        self.weight_scale_vars, self.act_scale_vars, self.fixed = {}, {}, {}
+        params = set(persistable_names(model.program))
+        for name in persistable_names(self.program):
+            base = name[: -len("@scale")] if name.endswith("@scale") else None
+            if base in self.weights:
+                self.weight_scale_vars[name] = base
+            elif base is not None and name not in params:
+                self.act_scale_vars[name] = base
+            elif name not in self.weights:
+                self.fixed[name] = np.array(build_scope.find_var(name).get_tensor())
+        self.scales = {w: weight_scales(v, axis) for w, (v, axis) in self.weights.items()}
+        self._int_weights: dict[bool, dict[str, np.ndarray]] = {}
+
+    def int_weights(self, bias_correct: bool) -> dict[str, np.ndarray]:
+        """Integer weights, computed once per bias_correct setting."""
+        if bias_correct not in self._int_weights:
+            self._int_weights[bias_correct] = {
+                name: quantize_weight(w, self.scales[name], axis, self.bits, bias_correct)
+                for name, (w, axis) in self.weights.items()}
+        return self._int_weights[bias_correct]
+
+    def instantiate(self, thresholds: dict[str, float], bias_correct: bool = False) -> QuantizedModel:
+        """A fresh scope with this trial's scales and weights; the program is shared (never run-modified)."""
+        import paddle
+
+        missing = sorted({t for t in self.act_scale_vars.values() if t not in thresholds})
+        if missing:
+            raise DataError(f"no calibration threshold for the quantized tensors {missing[:5]}"
+                            f"{' ...' if len(missing) > 5 else ''}; the statistics were collected for "
+                            "another model or QuantizationConfig. Rerun calibration with this model and config")
+        scope = paddle.static.Scope()
+
+        def put(name, value):
+            scope.var(name).get_tensor().set(value, self.place)
+
+        for name, value in self.fixed.items():
+            put(name, value)
+        for name, value in self.int_weights(bias_correct).items():
+            put(name, value)
+        for name, weight in self.weight_scale_vars.items():
+            put(name, self.scales[weight].astype(np.float32))
+        for name, tensor in self.act_scale_vars.items():
+            put(name, np.array([thresholds[tensor]], np.float32))
+        return QuantizedModel(self.program, scope, list(self.model.feed_names), list(self.model.fetch_names),
+                              self.scales, dict(thresholds))
+
+
+def _copy_params(model, place):
+    """A new scope holding copies of the FP32 parameters (the passes write into their scope)."""
+    import paddle
+
+    from ..model_io import persistable_names
+
+    scope = paddle.static.Scope()
+    for name in persistable_names(model.program):
+        src = model.scope.find_var(name)
+        if src is None or not src.get_tensor()._is_initialized():
+            continue
+        scope.var(name).get_tensor().set(np.array(src.get_tensor()), place)
+    return scope
+
+
+def save_quantized(qmodel: QuantizedModel, model, out_dir, metadata: dict | None = None):
+    """Save atomically with the input's file names (model_io.save_model); returns ModelFiles."""
+    from ..model_io import save_model, sha256_file
+
+    meta = {"precision": "int8", "format": "pdmodel",
+            "parent": sha256_file(model.files.model_path) if model.files else None,
+            "quantization": {"format": "quantize_linear/dequantize_linear",
+                             "runtime": "Paddle Inference on CPU: config.enable_mkldnn(); "
+                                        "config.enable_mkldnn_int8() (runs without it too, slower)"}}
+    meta.update(metadata or {})
+    shadow = dataclasses.replace(model, scope=qmodel.scope)
+    return save_model(shadow, out_dir, meta, program=qmodel.program, fetch_targets=qmodel.fetch_names)
+
+
+import contextlib  # noqa: E402  (helpers below keep paddle's progress bars and warnings out of ours)
+
+
+@contextlib.contextmanager
+def _quiet_tqdm():
+    """The passes draw their own tqdm bars on stderr for every trial; silence them."""
+    import paddle.static.quantization.quantization_pass as qp
+
+    original = qp.tqdm
+
+    class _Silent(original):
+        def __init__(self, *a, **k):
+            k["disable"] = True
+            super().__init__(*a, **k)
+
+    qp.tqdm = _Silent
+    try:
+        yield
+    finally:
+        qp.tqdm = original
+
+
+@contextlib.contextmanager
+def _quiet_logger():
+    import logging
+
+    import paddle.static.quantization.quantization_pass as qp
+
+    logger = getattr(qp, "_logger", logging.getLogger("quantization_pass"))
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,191 @@
+"""PTQ hyper-parameter search, end to end: calibrate once, N cheap trials, finalists on the deployment
+backend, best model + trial table always saved (DESIGN §3 calibrate -> ptq_trial xN -> select, §8)."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ..atomic import write_json_atomic
+from ..config import HyperParameterOptimizationConfig, QuantizationConfig, build
+from ..errors import AutoCompressError, ConfigError
+from .calibration import CalibrationStats, collect_stats
+from .search import Trial, TrialRunner, call_evaluator, effective_key
+from .space import SearchSpace, make_sampler
+from .targets import find_targets
+
+MODEL_SUBDIR = "model"          # the selected int8 model inside save_dir
+TRIALS_FILE = "trials.json"
+
+
+def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_config=None, save_dir="output",
+                   place=None, target_metric=None, progress=True, stats: CalibrationStats | None = None,
+                   deploy_eval: bool | None = None, threads: int = 1) -> dict:
+    """Search PTQ configurations and save the best int8 model to `save_dir/model`.
+
+    model_files: `model_io.ModelFiles` (legacy .pdmodel). calib_source: FeedSource, iterable or zero-arg
+    callable of feed dicts. evaluator: `evaluate(predict, limit=None) -> float`, higher is better.
+    stats: statistics from an earlier `calibrate` stage (skips calibration). deploy_eval: re-evaluate
+    the finalists with Paddle Inference + oneDNN int8 (default: when deploy_backend is 'onednn').
+    Returns {model_files, metric, simulated_metric, deployed_metric, baseline_metric,
+    baseline_deployed_metric, best_config, trials, target_met, interrupted, seconds, calibration_seconds}.
+    """
+    from ..model_io import InputGuard, load_model, require_legacy
+    from ..paddle_env import legacy_ir
+
+    qcfg = build(QuantizationConfig, quant_config)
+    hcfg = build(HyperParameterOptimizationConfig, hpo_config)
+    require_legacy(model_files, "post-training quantization")
+    deploy_eval = (qcfg.deploy_backend == "onednn") if deploy_eval is None else deploy_eval
+    save_dir = Path(save_dir)
+    guard = InputGuard(model_files)
+    started = time.perf_counter()
+    with legacy_ir():
+        model = load_model(model_files, place)
+        targets = find_targets(model.program, qcfg)
+        from .predict import executor_predictor
+
+        baseline = call_evaluator(evaluator, executor_predictor(model))
+        space = SearchSpace.from_config(hcfg)
+        t0 = time.perf_counter()
+        if stats is None:
+            stats = collect_stats(model, calib_source, targets, chunk_size=space.min_batch_size,
+                                  max_samples=space.max_samples, progress=progress)
+        calib_seconds = time.perf_counter() - t0
+        _check_stats(stats, targets)
+        runner = TrialRunner(model, stats, targets, qcfg.activation_bits, place)
+        state = _SearchState(save_dir, model, baseline, hcfg)
+        try:
+            _search(runner, space, hcfg, evaluator, state, progress)
+            if deploy_eval and state.best is not None:
+                _finalists(runner, state, evaluator, hcfg.finalists, threads)
+        except KeyboardInterrupt:
+            state.interrupted = True
+        finally:
+            state.write_trials()
+            shutil.rmtree(save_dir / ".finalists", ignore_errors=True)
+        guard.verify()
+    result = state.result(target_metric)
+    result.update(seconds=time.perf_counter() - started, calibration_seconds=calib_seconds,
+                  calibration_samples=stats.total_samples, deployed_eval=bool(deploy_eval))
+    return result
+
+
+def _check_stats(stats, targets):
+    missing = [n for n in targets.activations if n not in stats.index()]
+    if missing:
+        raise ConfigError(f"the calibration statistics lack {len(missing)} tensors of this model/config "
+                          f"(e.g. {missing[:3]}); they came from another model or QuantizationConfig. "
+                          "Recalibrate with the same model and QuantizationConfig")
+
+
+class _SearchState:
+    """Trial table + best-so-far model, written after every improvement (so an interrupt loses nothing)."""
+
+    def __init__(self, save_dir: Path, model, baseline: float, hcfg):
+        self.save_dir, self.model, self.baseline, self.hcfg = save_dir, model, baseline, hcfg
+        self.trials: list[Trial] = []
+        self.best: Trial | None = None
+        self.selected: Trial | None = None   # after the finalists: chosen by deployed metric
+        self.baseline_deployed = None
+        self.interrupted = False
+        self.model_files = None
+
+    def record(self, trial: Trial, qmodel) -> None:
+        self.trials.append(trial)
+        if trial.status == "ok" and (self.best is None or trial.metric > self.best.metric):
+            self.best = trial
+            self.selected = trial
+            self.model_files = self.save(trial, qmodel, self.save_dir / MODEL_SUBDIR)
+        self.write_trials()
+
+    def save(self, trial: Trial, qmodel, out_dir):
+        from .apply import save_quantized
+
+        return save_quantized(qmodel, self.model, out_dir, {
+            "strategy": "ptq_hpo", "metric": trial.deployed_metric if trial.deployed_metric is not None
+            else trial.metric, "ptq_config": trial.config.to_dict()})
+
+    def write_trials(self) -> None:
+        write_json_atomic(self.save_dir / TRIALS_FILE, {
+            "baseline_metric": self.baseline, "baseline_deployed_metric": self.baseline_deployed,
+            "best_index": self.selected.index if self.selected else None, "interrupted": self.interrupted,
+            "search_algo": self.hcfg.search_algo, "seed": self.hcfg.seed,
+            "trials": [t.to_dict() for t in self.trials]})
+
+    def result(self, target_metric) -> dict:
+        sel = self.selected
+        metric = None if sel is None else (sel.deployed_metric if sel.deployed_metric is not None else sel.metric)
+        return {"model_files": self.model_files, "metric": metric,
+                "simulated_metric": sel.metric if sel else None,
+                "deployed_metric": sel.deployed_metric if sel else None,
+                "baseline_metric": self.baseline, "baseline_deployed_metric": self.baseline_deployed,
+                "best_config": sel.config.to_dict() if sel else None,
+                "trials": [t.to_dict() for t in self.trials],
+                "target_met": None if target_metric is None or metric is None else bool(metric >= target_metric),
+                "interrupted": self.interrupted}
+
+
+def _search(runner: TrialRunner, space, hcfg, evaluator, state: _SearchState, progress: bool) -> None:
+    budget = hcfg.max_quant_count
+    sampler = make_sampler(space, hcfg.search_algo, hcfg.seed, budget)
+    seen: dict[tuple, float | None] = {}
+    bar = _bar(progress, budget)
+    asks = 0
+    while len(state.trials) < budget and asks < 10 * budget:
+        asks += 1
+        config = sampler.ask()
+        if config is None:
+            break
+        key = effective_key(config, runner.stats)
+        if key in seen:  # the same model again: teach the sampler, spend no trial
+            sampler.tell(config, seen[key])
+            continue
+        try:
+            trial, qmodel = runner.run(len(state.trials), config, evaluator)
+        except AutoCompressError:
+            raise  # the user's evaluation failed: stop with its message (best-so-far is saved)
+        except Exception as err:  # a paddle failure for this configuration: record it, go on
+            trial, qmodel = Trial(len(state.trials), config, runner.samples(config), status="failed",
+                                  error=f"{type(err).__name__}: {err}"), None
+        seen[key] = trial.metric
+        sampler.tell(config, trial.metric)
+        state.record(trial, qmodel)
+        bar.update()
+        if state.best is not None:
+            bar.set_postfix(best=f"{state.best.metric:.4f}", baseline=f"{state.baseline:.4f}")
+    bar.close()
+    if state.best is None and state.trials:
+        raise AutoCompressError(f"all {len(state.trials)} PTQ trials failed; first error: {state.trials[0].error}")
+
+
+def _finalists(runner: TrialRunner, state: _SearchState, evaluator, count: int, threads: int) -> None:
+    """Re-evaluate the best `count` trials with the deployment backend; select by the deployed metric."""
+    from ..model_io import locate_model
+    from .predict import inference_predictor
+
+    state.baseline_deployed = call_evaluator(evaluator, inference_predictor(state.model.files, int8=False,
+                                                                            threads=threads))
+    ranked = sorted((t for t in state.trials if t.status == "ok"), key=lambda t: -t.metric)[:count]
+    best, best_dir = None, None
+    for trial in ranked:
+        out = state.save_dir / ".finalists" / f"trial_{trial.index}"
+        files = state.save(trial, runner.build(trial.config), out)
+        trial.deployed_metric = call_evaluator(evaluator, inference_predictor(files, int8=True, threads=threads))
+        if best is None or trial.deployed_metric > best.deployed_metric:
+            best, best_dir = trial, out
+        state.write_trials()
+    state.selected = best
+    # the selected finalist becomes the saved model, with its deployed metric in the metadata
+    state.model_files = state.save(best, runner.build(best.config), state.save_dir / MODEL_SUBDIR)
+    state.model_files = locate_model(state.save_dir / MODEL_SUBDIR, state.model.files.model_filename)
+
+
+def _bar(progress: bool, total: int):
+    from .calibration import _NoBar
+
+    if not progress:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="PTQ trials", unit="trial")

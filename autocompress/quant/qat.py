@@ -1,0 +1,65 @@
+"""Quantization-aware training pieces: fake-quant insertion for training, conversion for deployment.
+
+Uses Paddle's own `paddle.static.quantization.quant_aware` / `convert` in the ONNX-style format
+(`quantize_linear` / `dequantize_linear`), the format Paddle Inference turns into oneDNN int8
+kernels with `enable_mkldnn_int8()` and TensorRT reads too, and that still runs (simulated) without
+either. Weights: channel-wise abs-max; activations: moving-average abs-max, whose scales are
+persistable statistics that the training loop checkpoints with the weights.
+
+QuantizationConfig mapping: `quantize_op_types` -> weight ops go to QuantizationTransformPassV2,
+activation-only ops (elementwise_add, pool2d, ...) to AddQuantDequantPassV2 (quant_aware splits
+them); `is_full_quantize` -> every type Paddle can quantize; `weight_bits`, `activation_bits`;
+`not_quant_pattern` -> the passes' skip_pattern (ops whose name scope contains it stay fp32).
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("autocompress.quant")
+
+MOVING_RATE = 0.9
+
+
+def paddle_quant_config(qc) -> dict:
+    """QuantizationConfig -> the dict `paddle.static.quantization.quant_aware` takes."""
+    return {
+        "weight_quantize_type": "channel_wise_abs_max",
+        "activation_quantize_type": "moving_average_abs_max",
+        "weight_bits": int(qc.weight_bits),
+        "activation_bits": int(qc.activation_bits),
+        "not_quant_pattern": list(qc.not_quant_pattern),
+        "quantize_op_types": list(qc.quantize_op_types),
+        "is_full_quantize": bool(qc.is_full_quantize),
+        "onnx_format": True,
+        "moving_rate": MOVING_RATE,
+        "dtype": "int8",
+    }
+
+
+def insert_fake_quant(program, scope, place, qc):
+    """Return a training program with fake-quant ops (training mode: activation scales are
+    updated by a moving average while training). The input program is left as it is.
+
+    The returned program is rebuilt from an IR graph, so its weights are plain variables again;
+    the caller promotes them back to Parameters (trainable.promote_parameters)."""
+    from paddle.static.quantization import quant_aware
+
+    quantized = quant_aware(program, place, paddle_quant_config(qc), scope=scope, for_test=False,
+                            return_program=True)
+    n = count_quant_ops(quantized)
+    if n == 0:
+        log.warning("QAT: no op of the types %s was quantized (not_quant_pattern %s); the model trains in fp32",
+                    list(qc.quantize_op_types), list(qc.not_quant_pattern))
+    return quantized
+
+
+def count_quant_ops(program) -> int:
+    return sum(op.type == "quantize_linear" for op in program.global_block().ops)
+
+
+def convert_for_inference(eval_program, scope, place, qc):
+    """The trained eval program (is_test=True) -> the deployable quantize/dequantize program:
+    weights stored quantized with their scales, activation scales as quantize_linear attrs."""
+    from paddle.static.quantization import convert
+
+    return convert(eval_program, place, paddle_quant_config(qc), scope=scope)

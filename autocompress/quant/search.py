@@ -1,0 +1,88 @@
+"""One PTQ trial and the trial table: thresholds from the shared statistics -> quantized model -> metric."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import time
+
+from ..errors import EvalError
+from .apply import QuantTemplate
+from .calibration import CalibrationStats
+from .space import TrialConfig
+from .thresholds import compute_thresholds
+
+
+def call_evaluator(evaluator, predict, limit=None) -> float:
+    """evaluate(predict, limit=None) -> float; a plain evaluate(predict) is fine when limit is None.
+    A non-finite or non-numeric result is an EvalError (DESIGN §6)."""
+    try:
+        takes_limit = "limit" in inspect.signature(evaluator).parameters
+    except (TypeError, ValueError):
+        takes_limit = True
+    value = evaluator(predict, limit=limit) if takes_limit else evaluator(predict)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise EvalError(f"the evaluation returned {value!r}, not a number; make it return a float "
+                        "(higher is better)") from None
+    if not math.isfinite(value):
+        raise EvalError(f"the evaluation returned {value}; it must return a finite float (higher is better). "
+                        "Check the eval data and the metric")
+    return value
+
+
+def effective_key(config: TrialConfig, stats: CalibrationStats) -> tuple:
+    """What actually determines a trial's model: two configs with the same key give the same model."""
+    chunks = stats.chunks_for(config.samples)
+    hist = round(float(config.hist_percent), 6) if config.ptq_algo == "hist" else None
+    return (config.ptq_algo, bool(config.bias_correct), config.weight_quantize_type, hist, chunks)
+
+
+@dataclasses.dataclass
+class Trial:
+    index: int
+    config: TrialConfig
+    samples: int                    # calibration samples the thresholds came from
+    metric: float | None = None     # simulated (executor, fake-quant) metric
+    deployed_metric: float | None = None
+    seconds: float = 0.0
+    status: str = "ok"              # ok | failed
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "config": self.config.to_dict(), "calib_samples": self.samples,
+                "metric": self.metric, "deployed_metric": self.deployed_metric,
+                "seconds": round(self.seconds, 3), "status": self.status, "error": self.error}
+
+
+class TrialRunner:
+    """Builds trial models from one loaded model and one set of statistics (templates cached)."""
+
+    def __init__(self, model, stats: CalibrationStats, targets, bits: int, place=None):
+        self.model, self.stats, self.targets, self.bits, self.place = model, stats, targets, bits, place
+        self._templates: dict[str, QuantTemplate] = {}
+
+    def template(self, weight_quantize_type: str) -> QuantTemplate:
+        if weight_quantize_type not in self._templates:
+            self._templates[weight_quantize_type] = QuantTemplate(
+                self.model, self.targets, self.bits, weight_quantize_type, self.place)
+        return self._templates[weight_quantize_type]
+
+    def build(self, config: TrialConfig):
+        thresholds = compute_thresholds(self.stats, config.ptq_algo, config.samples, config.hist_percent,
+                                        self.bits)
+        return self.template(config.weight_quantize_type).instantiate(thresholds, bool(config.bias_correct))
+
+    def samples(self, config: TrialConfig) -> int:
+        k = self.stats.chunks_for(config.samples)
+        return int(self.stats.chunk_samples[:k].sum())
+
+    def run(self, index: int, config: TrialConfig, evaluator, limit=None) -> tuple[Trial, object]:
+        from .predict import executor_predictor
+
+        start = time.perf_counter()
+        qmodel = self.build(config)
+        predict = executor_predictor(self.model, program=qmodel.program, scope=qmodel.scope)
+        metric = call_evaluator(evaluator, predict, limit)
+        return Trial(index, config, self.samples(config), metric, seconds=time.perf_counter() - start), qmodel

@@ -1,0 +1,75 @@
+"""TrainConfig.use_fleet: collective training under `paddle.distributed.launch` (or a PaddleJob).
+
+We never start workers ourselves (DESIGN §7): the launcher sets PADDLE_TRAINERS_NUM and friends,
+each process runs the same stage, fleet wraps the optimizer with a DistributedStrategy carrying
+the spec's amp/recompute/sharding configs, and each rank trains on every world_size-th batch.
+A single process (no launcher) trains without fleet and logs that it did.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from ..errors import ConfigError
+
+log = logging.getLogger("autocompress.train")
+
+
+@dataclasses.dataclass
+class Parallel:
+    enabled: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def mine(self, batch_index: int) -> bool:
+        return batch_index % self.world_size == self.rank
+
+
+def check_config(tc) -> None:
+    for key in ("recompute_config", "sharding_config"):
+        if getattr(tc, key) and not tc.use_fleet:
+            raise ConfigError(f"TrainConfig.{key} only works with the fleet API; set use_fleet: true "
+                              f"(and start the run under paddle.distributed.launch) or remove {key}")
+
+
+def launched_world_size() -> int:
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+
+
+def setup(tc) -> Parallel:
+    check_config(tc)
+    if not tc.use_fleet:
+        return Parallel()
+    world = launched_world_size()
+    if world <= 1:
+        log.warning("use_fleet=True but this is a single process (not started by paddle.distributed.launch "
+                    "or a PaddleJob): training without fleet%s.",
+                    "; recompute_config/sharding_config are ignored" if (tc.recompute_config or tc.sharding_config)
+                    else "")
+        return Parallel()
+    from paddle.distributed import fleet
+
+    fleet.init(is_collective=True)
+    return Parallel(True, fleet.worker_index(), fleet.worker_num())
+
+
+def wrap_optimizer(optimizer, tc, parallel: Parallel):
+    """Under fleet, AMP/recompute/sharding come from the strategy, not from static AMP."""
+    from paddle.distributed import fleet
+
+    strategy = fleet.DistributedStrategy()
+    if tc.amp_config:
+        strategy.amp = True
+        strategy.amp_configs = dict(tc.amp_config)
+    if tc.recompute_config:
+        strategy.recompute = True
+        strategy.recompute_configs = dict(tc.recompute_config)
+    if tc.sharding_config:
+        strategy.sharding = True
+        strategy.sharding_configs = dict(tc.sharding_config)
+    return fleet.distributed_optimizer(optimizer, strategy)
