@@ -181,12 +181,10 @@ def _engine(combination: str):
 
 
 def _call(fn, **kwargs):
-    """Call an engine function with the keywords it accepts (optional hooks such as `stats` or
-    `checkpoint_dir` are only passed to engines that take them)."""
+    """Call an engine function with the keywords it names (optional hooks such as `stats` only reach
+    engines that take them; aliases such as multi_config / distill_config pick the engine's spelling)."""
     params = inspect.signature(fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
+    return fn(**{k: v for k, v in kwargs.items() if k in params and params[k].kind != params[k].VAR_KEYWORD})
 
 
 def _dataset(folder, batch_size: int):
@@ -464,9 +462,11 @@ def distill_train(student_dir, teacher_dir, train_dir, eval_dir, config, dest, *
                       train_source=_dataset(train_dir, batch_size), train_config=sc.run.train,
                       progress=False)
         if combination == "multi_teacher_distill":
-            kwargs["distill_config"] = strategy["MultiTeacherDistillationConfig"]
+            kwargs.update(multi_config=strategy["MultiTeacherDistillationConfig"],
+                          distill_config=strategy["MultiTeacherDistillationConfig"])
         elif combination == "sparse_distill":
-            kwargs.update(prune_config=strategy["UnstructurePruneConfig"], distill_config=strategy["DistillationConfig"])
+            kwargs.update(unstructure_config=strategy["UnstructurePruneConfig"],
+                          prune_config=strategy["UnstructurePruneConfig"], distill_config=strategy["DistillationConfig"])
         else:  # distill, qat_distill, and prune_distill after the prune stage
             kwargs.update(distill_config=strategy["DistillationConfig"], quant_config=strategy.get("QuantizationConfig"))
         engine = _engine("distill" if combination == "prune_distill" else combination)

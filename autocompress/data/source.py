@@ -212,7 +212,11 @@ class FeedSource:
 
     def first(self) -> Batch:
         """The first batch (e.g. for shape inference or latency measurement)."""
-        return next(self.batches(limit=1))
+        batches = self.batches(limit=1)
+        try:
+            return next(batches)
+        finally:
+            batches.close()
 
     def num_batches(self) -> int | None:
         """Number of batches per pass when known without reading the data, else None."""

@@ -237,6 +237,9 @@ class _NoBar:
     def update(self, n=1):
         pass
 
+    def set_postfix(self, **kwargs):
+        pass
+
     def close(self):
         pass
 

@@ -161,24 +161,22 @@ def _search(runner: TrialRunner, space, hcfg, evaluator, state: _SearchState, pr
 
 def _finalists(runner: TrialRunner, state: _SearchState, evaluator, count: int, threads: int) -> None:
     """Re-evaluate the best `count` trials with the deployment backend; select by the deployed metric."""
-    from ..model_io import locate_model
     from .predict import inference_predictor
 
     state.baseline_deployed = call_evaluator(evaluator, inference_predictor(state.model.files, int8=False,
                                                                             threads=threads))
     ranked = sorted((t for t in state.trials if t.status == "ok"), key=lambda t: -t.metric)[:count]
-    best, best_dir = None, None
+    best = None
     for trial in ranked:
         out = state.save_dir / ".finalists" / f"trial_{trial.index}"
         files = state.save(trial, runner.build(trial.config), out)
         trial.deployed_metric = call_evaluator(evaluator, inference_predictor(files, int8=True, threads=threads))
         if best is None or trial.deployed_metric > best.deployed_metric:
-            best, best_dir = trial, out
+            best = trial
         state.write_trials()
     state.selected = best
     # the selected finalist becomes the saved model, with its deployed metric in the metadata
     state.model_files = state.save(best, runner.build(best.config), state.save_dir / MODEL_SUBDIR)
-    state.model_files = locate_model(state.save_dir / MODEL_SUBDIR, state.model.files.model_filename)
 
 
 def _bar(progress: bool, total: int):

@@ -40,6 +40,7 @@ ORIGIN_METRIC_REL_TOL = 0.01
 # Forward-only batches that set fake-quant activation scales before the first optimizer step, so
 # the first updates don't train against the scales' arbitrary initial value.
 QAT_CALIBRATION_BATCHES = 8
+GENERATED_NAME_PREFIX = "autocompress_"
 
 
 class TrainingError(AutoCompressError):
@@ -221,7 +222,10 @@ def train_program(student, teachers: list[TeacherSpec], train_source, evaluator,
     save_dir = Path(save_dir)
     ckpt_dir = save_dir / "checkpoints"
 
-    with legacy_ir():
+    # Our own name generator: generated names (loss temporaries, optimizer moments) must neither
+    # collide with names the exporting process generated (`tmp_3`, `softmax_0.tmp_0`) nor depend
+    # on what this process built before, or a checkpoint would not match on resume.
+    with legacy_ir(), paddle.utils.unique_name.guard(GENERATED_NAME_PREFIX):
         scope = paddle.static.Scope()
         exe = paddle.static.Executor(place)
         trainable = make_trainable(student, freeze_bn=freeze_bn)

@@ -28,7 +28,7 @@ def l2_loss(t, s):
 def l1_loss(t, s):
     import paddle
 
-    return paddle.mean(paddle.abs(s - t))
+    return paddle.mean(_raw("abs", {"X": s - t}))
 
 
 def soft_label_loss(t, s, temperature: float = 1.0):
@@ -37,8 +37,8 @@ def soft_label_loss(t, s, temperature: float = 1.0):
     import paddle.nn.functional as F
 
     pt = F.softmax(_last_axis_2d(t) / temperature)
-    ps = F.softmax(_last_axis_2d(s) / temperature)
-    return paddle.mean(-paddle.sum(pt * paddle.log(ps + _EPS), axis=-1))
+    log_ps = F.log_softmax(_last_axis_2d(s) / temperature)
+    return paddle.mean(_sum_last(pt * log_ps)) * -1.0
 
 
 def kl_loss(t, s, temperature: float = 1.0):
@@ -46,18 +46,20 @@ def kl_loss(t, s, temperature: float = 1.0):
     import paddle
     import paddle.nn.functional as F
 
-    pt = F.softmax(_last_axis_2d(t) / temperature)
-    log_ps = F.log_softmax(_last_axis_2d(s) / temperature)
-    kl = paddle.sum(pt * (paddle.log(pt + _EPS) - log_ps), axis=-1)
-    return paddle.mean(kl) * (temperature ** 2)
+    t2, s2 = _last_axis_2d(t) / temperature, _last_axis_2d(s) / temperature
+    pt = F.softmax(t2)
+    kl = _sum_last(pt * (F.log_softmax(t2) - F.log_softmax(s2)))
+    return paddle.mean(kl) * float(temperature ** 2)
 
 
 def cosine_loss(t, s):
     """1 - cosine similarity of the flattened per-sample features."""
     import paddle
-    import paddle.nn.functional as F
 
-    return paddle.mean(1.0 - F.cosine_similarity(paddle.flatten(s, 1), paddle.flatten(t, 1), axis=1, eps=_EPS))
+    sf, tf = paddle.flatten(s, 1), paddle.flatten(t, 1)
+    dot = _sum_last(sf * tf)
+    norms = _raw("sqrt", {"X": _sum_last(sf * sf) * _sum_last(tf * tf) + _EPS})
+    return paddle.mean((dot / norms) * -1.0 + 1.0)
 
 
 def fsp_loss(t1, t2, s1, s2):
@@ -71,11 +73,27 @@ def fsp_loss(t1, t2, s1, s2):
 def _fsp_matrix(a, b):
     import paddle
 
-    hw = a.shape[2] * a.shape[3] if a.shape[2] > 0 and a.shape[3] > 0 else None
-    a2 = paddle.flatten(a, 2)                       # [N, C1, HW]
-    b2 = paddle.transpose(paddle.flatten(b, 2), [0, 2, 1])  # [N, HW, C2]
-    m = paddle.matmul(a2, b2)
-    return m / hw if hw else m / paddle.cast(paddle.shape(a2)[2], m.dtype)
+    hw = int(a.shape[2] * a.shape[3])
+    a2 = paddle.flatten(a, 2)                               # [N, C1, HW]
+    b2 = paddle.flatten(b, 2)                               # [N, C2, HW]
+    m = _raw("matmul_v2", {"X": a2, "Y": b2}, {"trans_x": False, "trans_y": True})  # [N, C1, C2]
+    return m / float(hw)
+
+
+# paddle 3's `paddle.log/sum/abs/matmul/...` are PIR/eager-only C functions that reject legacy
+# `Variable`s, so the few ops we need beyond elementwise arithmetic are appended directly.
+def _raw(op_type: str, inputs: dict, attrs: dict | None = None):
+    from paddle.base.layer_helper import LayerHelper
+
+    helper = LayerHelper(op_type)
+    x = next(iter(inputs.values()))
+    out = helper.create_variable_for_type_inference(x.dtype)
+    helper.append_op(type=op_type, inputs=inputs, outputs={"Out": out}, attrs=attrs or {})
+    return out
+
+
+def _sum_last(x):
+    return _raw("reduce_sum", {"X": x}, {"dim": [-1], "keep_dim": False, "reduce_all": False})
 
 
 def _last_axis_2d(x):
@@ -175,8 +193,8 @@ def _check_same_shape(loss_name, tv, sv):
 
 
 def _check_fsp_shapes(vs):
-    if any(len(v.shape) != 4 for v in vs):
-        raise ConfigError("fsp_loss needs 4-D feature maps [N, C, H, W]; got "
+    if any(len(v.shape) != 4 or v.shape[2] <= 0 or v.shape[3] <= 0 for v in vs):
+        raise ConfigError("fsp_loss needs 4-D feature maps [N, C, H, W] with known H, W; got "
                           + ", ".join(f"{v.name} {list(v.shape)}" for v in vs))
     t1, t2, s1, s2 = vs
     if list(t1.shape[2:]) != list(t2.shape[2:]) or list(s1.shape[2:]) != list(s2.shape[2:]):
