@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -138,19 +140,22 @@ class LocalRun:
 
 
 def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_root: str | os.PathLike | None = None,
-              trial_shards: int = 1, progress: bool = True, echo: Callable[[str], None] | None = None) -> LocalRun:
+              trial_shards: int = 1, progress: bool | str = True, echo: Callable[[str], None] | None = None) -> LocalRun:
     """Run the config's strategy pipeline with `kfp.local.SubprocessRunner(use_venv=False)`.
 
     Every stage runs in its own process with this interpreter (so this environment needs the engine
     installed, as the image has). Artifacts go to `pipeline_root` (default `<save_dir>/pipeline-root`);
     the deliverable is published into `save_dir` (default the config's SaveDir): `model/`,
     `summary.json`, `report.md`. PTQ search runs as `trial_shards` parts (1: one process does all
-    trials, the fastest on one machine). `progress=False` hides the stages' streamed logs.
+    trials, the fastest on one machine). Progress is one line per stage; every stage's full log goes
+    to `<pipeline_root>/<pipeline>-<time>.log` (`progress="verbose"` echoes it, False prints nothing).
     """
     kfp = _kfp()
     from kfp import local
 
-    echo = echo or (lambda text: print(text, flush=True))
+    if echo is None:
+        out = sys.stdout
+        echo = (lambda text: print(text, file=out, flush=True)) if progress else (lambda text: None)
     rc = _materialize_builtin(_run_config(config))
     save = Path(save_dir or rc.SaveDir).resolve()
     model_path = Path(rc.Model.model_dir)
@@ -165,23 +170,27 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     echo(f"autocompress: running the {name} pipeline locally ({len(pipeline.pipeline_spec.root.dag.tasks)} "
          f"top-level stages); artifacts under {root}")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    log_path = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     start = time.perf_counter()
-    with _quiet_kfp(progress):
+    with _StageProgress(log_path, echo, verbose=progress == "verbose") as stream, _quiet_kfp(stream):
         try:
             pipeline(**args)
         except RuntimeError as err:
-            raise KFPError(f"the local {name} pipeline failed: {_first_line(err)}. The failing stage's log is "
-                           f"above{'' if progress else ' (run without --quiet to see it)'}; its artifacts are "
-                           f"under {root}") from None
+            stream.close_log()
+            tail = _log_tail(log_path)
+            raise KFPError(f"the local {name} pipeline failed: {_first_line(_strip_ansi(str(err)))}\n"
+                           f"--- end of the log ({log_path}) ---\n{tail}") from None
     wall = time.perf_counter() - start
     summary_path = save / "summary.json"
     if not summary_path.exists():
         raise KFPError(f"the {name} pipeline finished but wrote no {summary_path}; see the logs above")
     summary = json.loads(summary_path.read_text())
-    summary["pipeline_wall_seconds"] = wall
-    from .atomic import write_json_atomic
+    # the run's cost is the pipeline's wall time; the stages' own compute time stays beside it
+    summary.update(stage_seconds=summary.get("seconds"), seconds=wall, pipeline=name,
+                   pipeline_root=str(root), pipeline_log=str(log_path))
+    from .summary import write_summary
 
-    write_json_atomic(summary_path, summary)
+    write_summary(save, summary)
     run = LocalRun(summary, save, root, name, wall)
     for line in stage_table(summary):
         echo(line)
@@ -214,15 +223,84 @@ def stage_table(summary: dict) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet_kfp(progress: bool):
+def _quiet_kfp(stream):
+    """kfp's local runner prints every task's executor input and streamed log to stdout: send all of
+    it to the run's log file and show one line per stage instead."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="kfp")
-        if progress:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
             yield
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_SKIPPED = re.compile(r"Skipping task ([\w-]+)")
+
+
+def _strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+class _StageProgress(io.TextIOBase):
+    """A stdout stand-in: every line goes to the run log; stage starts/ends are echoed as progress."""
+
+    def __init__(self, log_path: Path, echo: Callable[[str], None], verbose: bool = False):
+        self.log_path, self.echo, self.verbose = log_path, echo, verbose
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "w", encoding="utf-8")
+        self._buffer = ""
+        self._started: dict[str, float] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close_log()
+        return False
+
+    def close_log(self):
+        if not self._log.closed:
+            if self._buffer:
+                self._line(self._buffer)
+                self._buffer = ""
+            self._log.close()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def flush(self):
+        if not self._log.closed:
+            self._log.flush()
+
+    def _line(self, line: str) -> None:
+        plain = _strip_ansi(line)
+        if not self._log.closed:
+            self._log.write(plain + "\n")
+        if self.verbose:
+            self.echo(plain)
             return
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-            yield
+        if m := _STARTED.search(plain):
+            self._started[m.group(1)] = time.perf_counter()
+            self.echo(f"  > {m.group(1)} ...")
+        elif m := _FINISHED.search(plain):
+            took = time.perf_counter() - self._started.get(m.group(1), time.perf_counter())
+            self.echo(f"  {'ok' if m.group(2) == 'SUCCESS' else m.group(2)} {m.group(1)} ({took:.1f} s)")
+        elif m := _SKIPPED.search(plain):
+            self.echo(f"  skipped {m.group(1)} (an upstream stage failed)")
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(text[-lines:])
 
 
 def _first_line(err) -> str:
@@ -273,7 +351,31 @@ def _retag(text: str, image_repository: str | None) -> str:
 
     if image_repository and image_repository != IMAGE_REPOSITORY:
         text = text.replace(f"{IMAGE_REPOSITORY}:", f"{image_repository}:")
-    return text
+    return _stable(text)
+
+
+_HEADER_DEFAULT = re.compile(r"^(#\s+\w+: (?:list|dict) \[Default: )(.*)(\])$", re.M)
+
+
+def _sorted_repr(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_sorted_repr(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_sorted_repr(v) for v in value) + "]"
+    return repr(value)
+
+
+def _stable(text: str) -> str:
+    """The compiler's header comment prints dict defaults in hash order and its trailing blank lines
+    vary: normalise both so compiled files are byte-identical between runs (the staleness test)."""
+    import ast
+
+    def fix(m):
+        try:
+            return m.group(1) + _sorted_repr(ast.literal_eval(m.group(2))) + m.group(3)
+        except (ValueError, SyntaxError):
+            return m.group(0)
+    return _HEADER_DEFAULT.sub(fix, text).rstrip("\n") + "\n"
 
 
 def stale_files(output_dir: str | os.PathLike = DEFAULT_COMPILED_DIR,

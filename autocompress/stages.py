@@ -339,7 +339,8 @@ def ptq_trial(model_dir, stats_dir, calib_dir, eval_dir, config, trial: str, des
                 "metric": result.get("metric"), "baseline_metric": baseline, "trial": trial_spec,
                 "precision": (_meta(result["model_files"].model_dir) or {}).get("precision", "int8")}
         _, meta = _write_model(dest, result["model_files"], meta, {TRIALS_FILE: trials})
-    meta = _with_stage(meta, parent, st.record)
+    calib = json.loads((Path(stats_dir) / "stats.json").read_text()).get("stages", []) if stats_dir else []
+    meta = _with_stage(meta, {"stages": list(parent.get("stages", [])) + calib}, st.record)
     write_json_atomic(Path(dest) / "autocompress.json", meta)
     return {"metric": meta["metric"], "baseline_metric": baseline, "trials": len(trials)}
 
@@ -359,8 +360,9 @@ def select_best(candidate_dirs, dest) -> dict:
         if path.exists():
             trials.extend(json.loads(path.read_text()))
     best_value, best_dir, best_meta = max(scored, key=lambda s: s[0])
-    records = [r for _, _, m in scored for r in m.get("stages", []) if r["stage"] != "load_model"]
-    head = [r for r in best_meta.get("stages", []) if r["stage"] == "load_model"]
+    # the shared stages once (from the best candidate), then every part's own trial stage
+    head = [r for r in best_meta.get("stages", []) if r["stage"] != "ptq_trial"]
+    records = [r for _, _, m in scored for r in m.get("stages", []) if r["stage"] == "ptq_trial"]
     with _Stage("select_best") as st:
         meta = {**best_meta, "stages": head + records, "candidates": len(candidates)}
         _write_model(dest, _files(best_dir), meta, {TRIALS_FILE: trials})

@@ -269,3 +269,36 @@ def test_vision_models_prune_into_valid_smaller_programs(arch, tmp_path):
     assert 1 - f1 / f0 > 0.6  # ratio 0.5 on both sides of most convs: ~75% fewer MACs
     assert 1 - p1 / p0 > 0.6
     assert len(plan.removed) >= (12 if arch == "resnet18" else 25)
+
+
+class OddNet(nn.Layer):
+    """A group conv (groups=2) and a channel softmax: both must freeze what they touch."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2D(3, 8, 3, padding=1)
+        self.g = nn.Conv2D(8, 8, 3, padding=1, groups=2)
+        self.c2 = nn.Conv2D(8, 6, 1)
+        self.c3 = nn.Conv2D(6, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = nn.functional.relu(self.g(nn.functional.relu(self.c1(x))))
+        h = nn.functional.softmax(self.c2(h), axis=1)
+        h = nn.functional.relu(self.c3(h))
+        return self.fc(paddle.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+def test_unknown_ops_and_group_convs_freeze_their_channels(tmp_path):
+    files = _export(OddNet, tmp_path / "odd")
+    with legacy_ir():
+        model = model_io.load_model(files)
+        graph = analyze(model.program, model.feed_names, model.fetch_names)
+        prunable = graph.prunable_params()
+        # c1 feeds the group conv, the group conv's output is frozen, c2 feeds softmax; only c3 is safe
+        assert sorted(prunable) == ["conv2d_3.w_0"]
+        with pytest.raises(ConfigError, match=r"conv2d_2\.w_0.*cannot be pruned safely.*softmax"):
+            prune_loaded(model, PruneConfig(prune_params_name=["conv2d_2.w_0"]))
+        with pytest.raises(ConfigError, match=r"conv2d_0\.w_0.*group conv"):
+            prune_loaded(model, PruneConfig(prune_params_name=["conv2d_0.w_0"]))
+    _check_equivalence(files, PruneConfig(pruned_ratio=0.5), (2, 3, 8, 8))

@@ -84,3 +84,51 @@ def test_asp_training_keeps_two_of_four_zero(digits_copy, digits_io, tmp_path):
     assert r["sparsity"]["all_groups_ok"]
     assert r["metric"] >= r["baseline_metric"] - 0.03
     assert np.isfinite(r["metric"])
+
+
+def _batches(x, y, size):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+@pytest.mark.parametrize("strategy", [
+    {"PruneConfig": {"pruned_ratio": 0.5}, "DistillationConfig": {}},
+    {"UnstructurePruneConfig": {"prune_ratio": 0.5, "local_sparsity": True}, "DistillationConfig": {}},
+])
+def test_autocompression_api_runs_both_pruning_combinations(digits_copy, digits_data, tmp_path, strategy):
+    import json
+
+    from autocompress import AutoCompression
+
+    (xt, yt), (xe, ye) = digits_data["train"], digits_data["eval"]
+    ac = AutoCompression(str(digits_copy.model_dir), digits_copy.model_filename, digits_copy.params_filename,
+                         str(tmp_path / "out"), strategy, dict(TRAIN, epochs=2), _batches(xt, yt, 64),
+                         _batches(xe, ye, 250), devices="cpu", max_drop=0.02, progress=False)
+    summary = ac.compression()
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["strategy"] == summary["strategy"] in ("prune_distill", "sparse_distill")
+    assert summary["metric"] >= summary["baseline_metric"] - 0.02
+    if "PruneConfig" in strategy:
+        assert summary["params_after"] < 0.6 * summary["params_before"]
+        assert summary["flops_after"] < 0.6 * summary["flops_before"]
+    else:
+        assert summary["sparsity_after"] == pytest.approx(0.5, abs=0.01)
+        assert summary["sparsity_before"] < 0.01
+        assert summary["nonzero_params_after"] < summary["params_after"]
+
+
+def test_pipeline_split_prune_then_distill_keeps_asp_masks(digits_copy, digits_io, tmp_path):
+    """The pipeline prunes in one stage and trains in the next: pruned_input=True."""
+    from autocompress.prune import prune_model
+
+    train, evaluator = digits_io
+    pruned = prune_model(digits_copy, {"prune_algo": "asp"}, tmp_path / "pruned")
+    assert pruned["sparsity"]["all_groups_ok"]
+    teacher = {"teacher_model_dir": str(digits_copy.model_dir)}
+    r = run_prune_distill(pruned["model_files"], train, evaluator, {"prune_algo": "asp"}, teacher,
+                          {"train_iter": 10, "eval_iter": 5}, tmp_path / "run", pruned_input=True, progress=False)
+    with legacy_ir():
+        model = model_io.load_model(r["model_files"])
+        uses, _ = eligible(model.program)
+        assert list(uses) == ["linear_0.w_0"]
+        assert check_2_4(read_param(model.scope, "linear_0.w_0"), uses["linear_0.w_0"]) == 1.0
+    assert r["baseline_metric"] > 0.98  # measured on the original (the teacher), not the masked input

@@ -91,6 +91,8 @@ def test_gmp_schedule_is_cubic_and_reaches_the_target():
     assert len(set(ratios)) == 11  # 10 ramp steps + the target
     with pytest.raises(ConfigError, match="epochs or train_iter"):
         GMPSchedule(0.5, None, None)
+    with pytest.raises(ConfigError, match="until iteration 120.*training runs 100"):
+        GMPSchedule(0.5, 100, {"stable_iterations": 20, "pruning_iterations": 100})
 
 
 def test_gmp_masks_hold_through_steps(net_files):

@@ -87,26 +87,41 @@ def test_target_metric_stops_early(perturbed_digits, digits_files, digits_data, 
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits_files, digits_data, tmp_path):
+    """Divergence simulated through the after_step hook: the output bias turns NaN after step 29."""
+    import paddle
+
     x, y = digits_data["eval"]
-    xt = digits_data["train"][0].copy()
-    calls = {"n": 0}
 
-    def poisoned():  # NaN inputs from the 30th batch on: the loss turns NaN after a checkpoint at 20
-        for i in range(0, len(xt), 32):
-            calls["n"] += 1
-            batch = xt[i:i + 32].copy()
-            if calls["n"] >= 30:
-                batch[:] = np.nan
-            yield {"x": batch}
-
-    from autocompress.data import FeedSource
+    def diverge(ctx):
+        if ctx.step == 29:
+            t = ctx.scope.find_var("linear_0.b_0").get_tensor()
+            t.set(np.full(np.array(t).shape, np.nan, np.float32), paddle.CPUPlace())
 
     with pytest.raises(TrainingError, match="non-finite at step 30.*last good checkpoint \\(step 20\\)"):
-        run_distill(digits_files, FeedSource.from_any(poisoned, ["x"]), top1_evaluator(x, y), {}, TRAIN,
-                    tmp_path / "out")
+        run_distill(digits_files, train_source(digits_data["train"][0]), top1_evaluator(x, y), {}, TRAIN,
+                    tmp_path / "out", after_step=diverge)
     state = json.loads((tmp_path / "out" / "checkpoints" / "last" / "state.json").read_text())
     assert state["step"] == 20
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_nan_weights_behind_finite_loss_are_caught(digits_files, digits_data, tmp_path):
+    """NaN inputs: relu/max-pool squash NaN so the loss stays finite, but the weights go NaN."""
+    from autocompress.data import FeedSource
+
+    x, y = digits_data["eval"]
+    xt = digits_data["train"][0]
+
+    def poisoned():
+        for n, i in enumerate(range(0, len(xt), 32)):
+            batch = xt[i:i + 32].copy()
+            if n >= 25:
+                batch[:] = np.nan
+            yield {"x": batch}
+
+    with pytest.raises(TrainingError, match="weights became non-finite by step 40.*checkpoint \\(step 20\\)"):
+        run_distill(digits_files, FeedSource.from_any(poisoned, ["x"]), top1_evaluator(x, y), {}, TRAIN,
+                    tmp_path / "out")
 
 
 def _op_types(files):

@@ -103,5 +103,29 @@ class ASPPruner:
         zeros = sum(int((w == 0).sum()) for w in weights.values())
         total = sum(w.size for w in weights.values())
         return {"pattern": "2:4", "groups_ok": per, "all_groups_ok": all(v == 1.0 for v in per.values()),
-                "overall": zeros / max(total, 1), "skipped": self.skipped,
+                "overall": zeros / max(total, 1), "zeros": zeros, "total": total, "skipped": self.skipped,
                 "per_tensor": {n: float((w == 0).mean()) for n, w in weights.items()}}
+
+
+def asp_model(files, out_dir, include_convs: bool = False, place=None) -> dict:
+    """One-shot 2:4 masks on a copy of `files` (never modified), saved atomically into `out_dir`.
+    Fine-tuning must keep the masks: `prune.run.run_prune_distill(..., pruned_input=True)`."""
+    from .. import model_io
+    from ..paddle_env import legacy_ir
+    from .masks import compressed_size
+
+    guard = model_io.InputGuard(files)
+    with legacy_ir():
+        model = model_io.load_model(files, place)
+        pruner = ASPPruner(model.program, model.scope, include_convs=include_convs, place=place)
+        pruner.prune()
+        report = pruner.report()
+        params = model_io.count_params(model.program)
+        flops = model_io.count_flops(model.program, model.feed_names)
+        saved = model_io.save_model(model, out_dir, {"strategy": "asp", "sparsity": report["overall"],
+                                                     "parent": model_io.sha256_file(files.model_path)})
+    guard.verify()
+    return {"model_files": saved, "params_before": params, "params_after": params, "flops_before": flops,
+            "flops_after": flops, "size_bytes_before": model_io.dir_size(files),
+            "size_bytes_after": model_io.dir_size(saved), "sparsity": report,
+            "size_before": compressed_size(files), "size_after": compressed_size(saved)}

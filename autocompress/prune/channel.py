@@ -215,11 +215,16 @@ def prune_model(files, config, out_dir, feed_shapes=None, place=None) -> dict:
     """Load `files` (never modified), prune channels, save atomically into `out_dir`.
 
     Returns {model_files, params/flops/size before and after, pruned: {weight: {channels, removed}}}.
+    prune_algo 'asp' is delegated to `asp.asp_model` (2:4 masks, same shape).
     """
     from .. import model_io
     from ..paddle_env import legacy_ir
 
     config = build(PruneConfig, config)
+    if config.prune_algo == "asp":  # the pipeline's prune stage serves both algorithms
+        from .asp import asp_model
+
+        return asp_model(files, out_dir, place=place)
     guard = model_io.InputGuard(files)
     with legacy_ir():
         model = model_io.load_model(files, place)

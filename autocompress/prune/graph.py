@@ -250,6 +250,14 @@ def analyze(program, feed_names=(), fetch_names=()) -> ChannelGraph:
     for name in feed_names:
         if name in g.tensor_segments:
             g.freeze(g.tensor_segments[name], "are a model input")
+    # A weight shared by several ops (same axis, different channel layouts) cannot be cut two ways.
+    by_axis = defaultdict(set)
+    for ref in g.refs:
+        by_axis[(ref.param, ref.axis)].add(g.resolve(ref.segments))
+    for (param, _), layouts in by_axis.items():
+        if len(layouts) > 1:
+            for layout in layouts:
+                g.freeze(layout, f"use weight {param}, which is shared by several ops")
     # resolve segments to roots so later lookups are stable
     for ref in g.refs:
         ref.segments = g.resolve(ref.segments)

@@ -79,12 +79,22 @@ def _train_summary(result) -> dict:
 
 def run_prune_distill(model_files, train_source, evaluator, prune_config, distill_config, train_config,
                       save_dir, place=None, feed_shapes=None, asp_include_convs: bool = False,
-                      **train_kwargs) -> dict:
-    """Channel pruning (prune_algo 'prune') or ASP 2:4 (prune_algo 'asp'), then distillation."""
+                      pruned_input: bool = False, progress: bool = True, **train_kwargs) -> dict:
+    """Channel pruning (prune_algo 'prune') or ASP 2:4 (prune_algo 'asp'), then distillation.
+
+    pruned_input: `model_files` already went through `prune.channel.prune_model` (the pipeline's
+    separate prune stage): channels are not pruned again; ASP masks are re-derived (idempotent on a
+    2:4 model). The teacher and the baseline then come from distill_config.teacher_model_dir, which
+    must name the original model.
+    """
     pc = build(PruneConfig, prune_config, "PruneConfig")
     dc = build(DistillationConfig, distill_config, "DistillationConfig")
     tc = build(TrainConfig, train_config, "TrainConfig")
     save_dir = Path(save_dir)
+    train_kwargs["progress"] = progress
+    if pruned_input and dc.teacher_model_dir is None:
+        raise ConfigError("pruned_input=True: the input is the pruned model, so DistillationConfig.teacher_model_dir "
+                          "must name the original model (the teacher and the baseline)")
     if pc.prune_algo == "asp":
         return _run_masked(model_files, train_source, evaluator, pc, dc, tc, save_dir, place, feed_shapes,
                            train_kwargs, asp_include_convs=asp_include_convs)
@@ -96,7 +106,11 @@ def run_prune_distill(model_files, train_source, evaluator, prune_config, distil
         guards.append(model_io.InputGuard(teacher_files))
         student = model_io.load_model(model_files, place)
         before = _stats(student, feed_shapes)
-        _, plan = prune_loaded(student, pc, place)  # in place, on this private copy
+        plan = None
+        if not pruned_input:
+            _, plan = prune_loaded(student, pc, place)  # in place, on this private copy
+        else:
+            before = _stats(teacher, feed_shapes)
         after = _stats(student, feed_shapes)
         log.info("pruned: params %d -> %d, FLOPs %s -> %s", before["params"], after["params"], before["flops"],
                  after["flops"])
@@ -109,14 +123,17 @@ def run_prune_distill(model_files, train_source, evaluator, prune_config, distil
             "params_before": before["params"], "params_after": after["params"],
             "flops_before": before["flops"], "flops_after": after["flops"],
             "size_bytes_before": model_io.dir_size(model_files), "size_bytes_after": model_io.dir_size(out),
-            "pruned": plan.summary(), "prune_algo": "prune", "criterion": pc.criterion,
+            "pruned": plan.summary() if plan else None, "prune_algo": "prune", "criterion": pc.criterion,
             "pruned_ratio": pc.pruned_ratio, "checkpoints": str(save_dir / "checkpoints")}
 
 
-def run_sparse_distill(model_files, train_source, evaluator, unstructure_config, distill_config, train_config,
-                       save_dir, place=None, feed_shapes=None, **train_kwargs) -> dict:
-    """Unstructured sparsity (one-shot or GMP), then distillation with the masks held."""
-    uc = build(UnstructurePruneConfig, unstructure_config, "UnstructurePruneConfig")
+def run_sparse_distill(model_files, train_source, evaluator, prune_config, distill_config, train_config,
+                       save_dir, place=None, feed_shapes=None, progress: bool = True, **train_kwargs) -> dict:
+    """Unstructured sparsity (one-shot or GMP), then distillation with the masks held.
+
+    prune_config: an UnstructurePruneConfig (object or dict); the keyword matches the API's."""
+    train_kwargs["progress"] = progress
+    uc = build(UnstructurePruneConfig, prune_config, "UnstructurePruneConfig")
     dc = build(DistillationConfig, distill_config, "DistillationConfig")
     tc = build(TrainConfig, train_config, "TrainConfig")
     return _run_masked(model_files, train_source, evaluator, uc, dc, tc, Path(save_dir), place, feed_shapes,
@@ -172,12 +189,22 @@ def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, 
         # the engine's restored best weights were masked when checkpointed; re-applying the final
         # masks guarantees the saved zeros even if a checkpoint came from elsewhere
         pruner.scope, pruner.place = result.scope, result.place
+        trained_zeros = scope_sparsity(result.scope, pruner.names)["zeros"]
         if not is_asp and pruner.schedule is not None:
             pruner.iteration = max(pruner.iteration, pruner.schedule.stable + pruner.schedule.pruning)
             if pruner.current_ratio != config.prune_ratio:
                 pruner.prune(config.prune_ratio)
         pruner.masks.apply(result.scope, result.place)
         report = pruner.report()
+        warnings = []
+        if scope_sparsity(result.scope, pruner.names)["zeros"] != trained_zeros:
+            # the selected weights were not fully masked (should not happen): the engine's metric no
+            # longer describes them, so measure again
+            from ..train.engine import _evaluate, scope_predictor
+
+            result.metric = _evaluate(evaluator, scope_predictor(result.executor, result.eval_program, result.scope,
+                                                                 result.output_names), "the re-masked student")
+            warnings.append("the trained weights had to be re-masked after training; metric re-measured")
         out = save_trained(student, result, save_dir / MODEL_SUBDIR, None, strategy)
     for g in guards:
         g.verify()
@@ -187,4 +214,5 @@ def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, 
             "size_bytes_before": model_io.dir_size(model_files), "size_bytes_after": model_io.dir_size(out),
             "compressed_size_before": compressed_size(model_files), "compressed_size_after": compressed_size(out),
             "sparsity_before": sparsity_before, "sparsity_after": report["overall"], "sparsity": report,
-            "checkpoints": str(save_dir / "checkpoints")}
+            "nonzero_params_after": stats["params"] - report["zeros"],
+            "warnings": warnings, "checkpoints": str(save_dir / "checkpoints")}

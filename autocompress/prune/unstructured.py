@@ -102,6 +102,11 @@ class GMPSchedule:
         for key in ("stable_iterations", "pruning_iterations", "tunning_iterations"):
             if key in cfg and int(cfg[key]) < 0:
                 raise ConfigError(f"gmp_config.{key} must be >= 0, got {cfg[key]}")
+        if total_iters and self.stable + self.pruning > total_iters:
+            raise ConfigError(
+                f"gmp_config ramps the sparsity until iteration {self.stable + self.pruning} (stable_iterations "
+                f"{self.stable} + pruning_iterations {self.pruning}) but training runs {total_iters} iterations; "
+                "lower pruning_iterations / stable_iterations or train longer (TrainConfig epochs / train_iter)")
         if not 0.0 <= self.initial <= self.target:
             raise ConfigError(f"gmp_config.initial_ratio must be in [0, prune_ratio={self.target}], got {self.initial}")
 
@@ -170,7 +175,7 @@ class UnstructuredPruner:
 
     def report(self) -> dict:
         s = scope_sparsity(self.scope, self.names)
-        return {"per_tensor": s["per_tensor"], "overall": s["overall"],
+        return {"per_tensor": s["per_tensor"], "overall": s["overall"], "zeros": s["zeros"], "total": s["total"],
                 "target": None if self.config.prune_mode == "threshold" else self.config.prune_ratio,
                 "mode": self.config.prune_mode, "local_sparsity": self.config.local_sparsity,
                 "schedule": self.schedule.to_dict() if self.schedule else None,

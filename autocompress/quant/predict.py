@@ -37,7 +37,8 @@ def inference_predictor(model_files, int8: bool, threads: int = 1):
     except ImportError:
         shared = None
     if shared is not None:
-        return shared(model_files, int8=int8, threads=threads)
+        with quiet_native_output():  # the oneDNN int8 passes print pages of statistics
+            return shared(model_files, int8=int8, threads=threads)
     from paddle import inference
 
     config = inference.Config(str(model_files.model_path), str(model_files.params_path))
@@ -47,7 +48,7 @@ def inference_predictor(model_files, int8: bool, threads: int = 1):
         config.enable_mkldnn_int8()
     config.set_cpu_math_library_num_threads(threads)
     config.disable_glog_info()
-    with quiet_stdout():  # the oneDNN int8 passes print their statistics with std::cout
+    with quiet_native_output():  # the oneDNN int8 passes print pages of statistics
         predictor = inference.create_predictor(config)
     inputs = predictor.get_input_names()
 
@@ -63,17 +64,34 @@ def inference_predictor(model_files, int8: bool, threads: int = 1):
 
 
 @contextlib.contextmanager
-def quiet_stdout():
-    """Silence C++ writes to stdout (fd 1) for the duration."""
+def quiet_native_output():
+    """Hold back what C++ code writes to stdout/stderr (fd 1/2); replay it only if the block raises."""
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            yield
+        except BaseException:
+            _restore(saved)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            _restore(saved)
+
+
+def _restore(saved: dict) -> None:
     import sys
 
     sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    sys.stderr.flush()
+    for fd, copy in list(saved.items()):
+        os.dup2(copy, fd)
+        os.close(copy)
+        saved.pop(fd)

@@ -112,34 +112,33 @@ class GridSampler(Sampler):
     allows (at least their two ends when possible), in a seeded order when the grid exceeds it."""
 
     def __init__(self, space: SearchSpace, seed: int, budget: int):
-        n_cat = 1
-        for c in space.choices.values():
-            n_cat *= len(c)
-        ranged = [n for n, (lo, hi, _) in space.bounds.items() if lo != hi and n != "hist_percent"]
-        if "hist" in space.choices["ptq_algo"] and space.bounds["hist_percent"][0] != space.bounds["hist_percent"][1]:
-            ranged.append("hist_percent")
+        combos = [dict(zip(space.choices, c)) for c in itertools.product(*space.choices.values())]
+        ranged = [n for n, (lo, hi, _) in space.bounds.items() if lo != hi]
+
+        def relevant(combo):  # hist_percent only changes the 'hist' algorithm's model
+            return [n for n in ranged if n != "hist_percent" or combo["ptq_algo"] == "hist"]
+
+        def size(levels):
+            return sum(levels ** len(relevant(c)) for c in combos)
+
         levels = 1
-        while ranged and n_cat * (levels + 1) ** len(ranged) <= budget:
+        while ranged and size(levels + 1) <= budget:
             levels += 1
-        axes = {}
-        for name, (lo, hi, kind) in space.bounds.items():
-            if name in ranged and levels > 1:
-                axes[name] = sorted({kind(lo + (hi - lo) * i / (levels - 1)) for i in range(levels)})
-            else:
-                axes[name] = [lo if lo == hi or kind is int else kind((lo + hi) / 2)]
+        if levels == 1 and ranged and budget > len(combos):
+            levels = 2  # rather both ends of each range, subsampled, than midpoints only
         grid = []
-        names = list(space.choices) + list(axes)
-        for combo in itertools.product(*space.choices.values(), *axes.values()):
-            params = dict(zip(names, combo))
-            if params["ptq_algo"] != "hist":
-                params["hist_percent"] = axes["hist_percent"][0]
-            config = TrialConfig(**params)
-            if config not in grid:
-                grid.append(config)
+        for combo in combos:
+            axes = {}
+            for name, (lo, hi, kind) in space.bounds.items():
+                if name in relevant(combo) and levels > 1:
+                    axes[name] = sorted({kind(lo + (hi - lo) * i / (levels - 1)) for i in range(levels)})
+                else:
+                    axes[name] = [lo if lo == hi or kind is int else kind((lo + hi) / 2)]
+            for values in itertools.product(*axes.values()):
+                grid.append(TrialConfig(**combo, **dict(zip(axes, values))))
         if len(grid) > budget:
             rng = random.Random(seed)
-            keep = sorted(rng.sample(range(len(grid)), budget))
-            grid = [grid[i] for i in keep]
+            grid = [grid[i] for i in sorted(rng.sample(range(len(grid)), budget))]
         self.grid = grid
 
     def ask(self):

@@ -26,6 +26,7 @@ from ..errors import AutoCompressError, ConfigError, DataError, EvalError
 from . import amp as amp_mod
 from . import checkpoint as ckpt
 from . import fleet as fleet_mod
+from .legacy_ops import patched_for_legacy
 from .losses import build_losses, resolve_pairs
 from .optim import build_lr, build_optimizer, current_lr
 from .teachers import merge_teacher, teacher_prefixes
@@ -237,6 +238,11 @@ def train_program(student, teachers: list[TeacherSpec], train_source, evaluator,
             main = insert_fake_quant(main, scope, place, quant_config)
             _strip_stray_feed_fetch(main)
             promote_parameters(main)
+        # Legacy programs name new vars with their own per-program generator, which starts at zero
+        # for a loaded program: `reshape2_0.tmp_0` would collide with the model's own var.
+        from paddle.base.unique_name import UniqueNameGenerator
+
+        main._name_generator = UniqueNameGenerator(GENERATED_NAME_PREFIX)
         student_names = persistable_value_names(main)       # what a checkpoint of the student holds
         eval_program = main.clone(for_test=True)            # before teachers/optimizer: student only
         calib_program = main.clone() if quant_config is not None else None
@@ -264,7 +270,8 @@ def train_program(student, teachers: list[TeacherSpec], train_source, evaluator,
                 optimizer = fleet_mod.wrap_optimizer(optimizer, tc, parallel)
             else:
                 optimizer, needs_amp_init = amp_mod.decorate(optimizer, tc.amp_config)
-            optimizer.minimize(total, startup_program=startup)
+            with patched_for_legacy():
+                optimizer.minimize(total, startup_program=startup)
         with paddle.static.scope_guard(scope):
             exe.run(startup)
             if needs_amp_init:
@@ -400,6 +407,7 @@ class _Loop:
                              fetch_list=[])
 
     def evaluate_and_checkpoint(self):
+        self._check_finite_weights()
         metric = _evaluate(self.evaluator, self.predict(), f"the student at step {self.step}")
         self.curve.append({"step": self.step, "epoch": self.epoch, "loss": self.last_loss, "metric": metric,
                            "lr": current_lr(self.lr)})
@@ -494,6 +502,21 @@ class _Loop:
                             f"TrainConfig.learning_rate (now {current_lr(self.lr)}), add gradient clipping "
                             "(optim_args: {grad_clip: ClipGradByGlobalNorm, grad_clip_args: {clip_norm: 1.0}}), "
                             "or check the data for NaN/inf.")
+
+    def _check_finite_weights(self):
+        """Activations that squash NaN (relu, max-pool) can keep the loss finite while the weights
+        are already NaN; never evaluate or checkpoint such weights."""
+        bad = []
+        for name in self.param_names:
+            var = self.scope.find_var(name)
+            if var is not None and not np.isfinite(np.array(var.get_tensor())).all():
+                bad.append(name)
+        if bad:
+            kept = f"; the last good checkpoint (step {self.last_eval_step}) is kept in {self.ckpt_dir / 'last'}" \
+                if ckpt.exists(self.ckpt_dir / "last") else ""
+            raise TrainingError(f"weights became non-finite by step {self.step}: {bad[:5]}{kept}. Lower "
+                                f"TrainConfig.learning_rate (now {current_lr(self.lr)}), add gradient clipping, "
+                                "or check the training data for NaN/inf.")
 
     def _log(self, losses, throughput, bar):
         parts = " ".join(f"{t.name} {v:.5g}" for t, v in zip(self.terms, losses[1:]))

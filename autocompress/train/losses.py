@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ConfigError
+from .legacy_ops import raw as _raw
+from .legacy_ops import sum_last as _sum_last
 from .trainable import node_names
 
 LOSSES = ("l2_loss", "soft_label_loss", "fsp_loss", "kl_loss", "cosine_loss", "l1_loss")
@@ -78,22 +80,6 @@ def _fsp_matrix(a, b):
     b2 = paddle.flatten(b, 2)                               # [N, C2, HW]
     m = _raw("matmul_v2", {"X": a2, "Y": b2}, {"trans_x": False, "trans_y": True})  # [N, C1, C2]
     return m / float(hw)
-
-
-# paddle 3's `paddle.log/sum/abs/matmul/...` are PIR/eager-only C functions that reject legacy
-# `Variable`s, so the few ops we need beyond elementwise arithmetic are appended directly.
-def _raw(op_type: str, inputs: dict, attrs: dict | None = None):
-    from paddle.base.layer_helper import LayerHelper
-
-    helper = LayerHelper(op_type)
-    x = next(iter(inputs.values()))
-    out = helper.create_variable_for_type_inference(x.dtype)
-    helper.append_op(type=op_type, inputs=inputs, outputs={"Out": out}, attrs=attrs or {})
-    return out
-
-
-def _sum_last(x):
-    return _raw("reduce_sum", {"X": x}, {"dim": [-1], "keep_dim": False, "reduce_all": False})
 
 
 def _last_axis_2d(x):

@@ -69,7 +69,7 @@ def build_optimizer(name: str, learning_rate, optim_args: dict | None):
         if fixed in args:
             raise ConfigError(f"TrainConfig.optim_args.{fixed} is set by the trainer; "
                               + ("use TrainConfig.learning_rate" if fixed == "learning_rate" else "remove it"))
-    _check_kwargs(cls, args, f"TrainConfig.optim_args ({name})")
+    _check_kwargs(cls, args, f"TrainConfig.optim_args ({name})", ("learning_rate", "parameters"))
     try:
         return cls(learning_rate=learning_rate, **args)
     except (TypeError, ValueError, AssertionError) as err:
@@ -80,11 +80,11 @@ def current_lr(learning_rate) -> float:
     return float(learning_rate() if callable(learning_rate) else learning_rate)
 
 
-def _check_kwargs(cls, args: dict, where: str) -> None:
+def _check_kwargs(cls, args: dict, where: str, set_by_trainer=()) -> None:
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
-    allowed = [n for n in params if n not in ("self", "learning_rate", "parameters")]
+    allowed = [n for n in params if n != "self" and n not in set_by_trainer]
     unknown = [k for k in args if k not in allowed]
     if unknown:
         raise ConfigError(f"{where}: unknown arguments {unknown}; allowed: {allowed}")

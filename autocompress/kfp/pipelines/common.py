@@ -11,7 +11,8 @@ from kfp import kubernetes
 DEFAULT_SECRET = "mlpipeline-minio-artifact"
 SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 DEFAULT_ENDPOINT = "http://minio-service.kubeflow:9000"
-DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+# keys in sorted order: the compiler prints defaults sometimes sorted, sometimes not (stable output)
+DEFAULT_TOLERATIONS = [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 ACCELERATOR = "nvidia.com/gpu"
 RUN_AS = 1000  # the image's non-root user (images/Dockerfile*)
 SHM_SIZE = "8Gi"
@@ -32,14 +33,19 @@ def common(task: dsl.PipelineTask, secret, name: str, *, cache: bool = True, ret
     return task
 
 
-def heavy(task: dsl.PipelineTask, *, gpu: bool, gpu_count, tolerations, node_selector, cpu_limit, memory_limit):
+TRIAL_CPU_LIMIT, TRIAL_MEMORY_LIMIT = "8", "32Gi"
+
+
+def heavy(task: dsl.PipelineTask, *, gpu: bool, gpu_count, tolerations, node_selector, cpu_limit, memory_limit,
+          in_loop: bool = False):
     """A compute stage: CPU/memory limits; on the GPU variant an accelerator, tolerations, node
-    selector and a memory-backed /dev/shm."""
-    task.set_cpu_limit(cpu_limit)
-    task.set_memory_limit(memory_limit)
+    selector and a memory-backed /dev/shm. Inside a ParallelFor the limits are constants (one GPU per
+    trial): the local runner cannot resolve pipeline parameters in resource fields inside a loop."""
+    task.set_cpu_limit(TRIAL_CPU_LIMIT if in_loop else cpu_limit)
+    task.set_memory_limit(TRIAL_MEMORY_LIMIT if in_loop else memory_limit)
     if gpu:
         task.set_accelerator_type(ACCELERATOR)
-        task.set_accelerator_limit(gpu_count)
+        task.set_accelerator_limit(1 if in_loop else gpu_count)
         kubernetes.add_toleration_json(task, tolerations)
         kubernetes.add_node_selector_json(task, node_selector)
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",

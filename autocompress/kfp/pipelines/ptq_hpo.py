@@ -35,7 +35,8 @@ def build(gpu: bool = True):
             part = common(heavy(c.ptq_trial(model=model.outputs["model"], stats=stats.outputs["stats"],
                                             calib_data=calib.outputs["dataset"], eval_data=evald.outputs["dataset"],
                                             config=config, trial=trial, metric=metric, max_drop=max_drop,
-                                            drop_type=drop_type, device=device, batch_size=batch_size), **place),
+                                            drop_type=drop_type, device=device, batch_size=batch_size), **place,
+                                in_loop=True),
                           object_store_secret, "PTQ trials", cache=True)
         best = common(light(c.select_best(candidates=dsl.Collected(part.outputs["candidate"]))),
                       object_store_secret, "select best")

@@ -1,0 +1,136 @@
+"""Each component's python_func on tiny real inputs (the digits CNN, scikit-learn's real digits): the
+bodies only translate artifacts into stage calls, so this checks the translation and the stages."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("kfp", reason="the Kubeflow layer needs kfp (pip install 'autocompress[kfp]')")
+
+from kfp import dsl  # noqa: E402
+
+from autocompress.kfp import components as c  # noqa: E402
+
+PTQ_CONFIG = json.dumps({
+    "QuantizationConfig": {"quantize_op_types": ["conv2d", "matmul_v2", "mul"]},
+    "HyperParameterOptimizationConfig": {"ptq_algo": ["avg", "hist"], "bias_correct": [False],
+                                         "hist_percent": [0.999], "batch_size": [16], "batch_num": [4],
+                                         "max_quant_count": 2, "search_algo": "grid", "finalists": 1}})
+
+
+def art(cls, folder: Path, name: str):
+    return cls(name=name, uri=str(folder / name), metadata={})
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory, digits_data):
+    from autocompress.data.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    x, y = digits_data["calib"]
+    write_dataset(root / "calib", {"x": x[:128]}, labels=y[:128])
+    x, y = digits_data["eval"]
+    write_dataset(root / "eval", {"x": x[:200]}, labels=y[:200])
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory, digits_files, datasets):
+    out = tmp_path_factory.mktemp("loaded")
+    model = art(dsl.Model, out, "model")
+    c.load_model.python_func(model_uri=str(digits_files.model_dir), config=PTQ_CONFIG, model=model)
+    calib, evald = art(dsl.Dataset, out, "calib"), art(dsl.Dataset, out, "eval")
+    c.load_data.python_func(data_uri=str(datasets / "calib"), dataset=calib)
+    c.load_data.python_func(data_uri=str(datasets / "eval"), dataset=evald)
+    return model, calib, evald
+
+
+def test_load_model_copies_untouched_with_metadata(loaded, digits_files, hashes):
+    model, calib, evald = loaded
+    meta = json.loads((Path(model.path) / "autocompress.json").read_text())
+    assert meta["format"] == "pdmodel" and meta["parent"] == str(digits_files.model_dir)
+    assert meta["inputs"][0]["name"] == "x" and meta["params"] > 0 and meta["stages"][0]["stage"] == "load_model"
+    src = hashes(digits_files.model_dir)
+    dst = hashes(model.path)
+    assert all(dst[name] == digest for name, digest in src.items() if name.endswith((".pdmodel", ".pdiparams")))
+    assert model.metadata["format"] == "pdmodel" and model.metadata["precision"] == "fp32"
+    assert calib.metadata["samples"] == 128 and evald.metadata["labelled"] is True
+
+
+def test_load_model_rejects_a_bad_config_first(tmp_path, digits_files):
+    from autocompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="QuantizationConfig.weight_bitz"):
+        c.load_model.python_func(model_uri=str(digits_files.model_dir), model=art(dsl.Model, tmp_path, "m"),
+                                 config='{"QuantizationConfig": {"weight_bitz": 8}, '
+                                        '"HyperParameterOptimizationConfig": {}}')
+    assert not (tmp_path / "m").exists()
+
+
+def test_ptq_components_chain(loaded, tmp_path):
+    model, calib, evald = loaded
+    stats = art(dsl.Artifact, tmp_path, "stats")
+    c.calibrate.python_func(model=model, calib_data=calib, config=PTQ_CONFIG, stats=stats)
+    assert (Path(stats.path) / "stats.npz").exists() and stats.metadata["samples"] == 64
+    plan = c.plan_trials.python_func(config=PTQ_CONFIG, shards=2)
+    assert [json.loads(p)["max_quant_count"] for p in plan] == [1, 1]
+    candidates = []
+    for i, trial in enumerate(plan):
+        cand, metrics = art(dsl.Model, tmp_path, f"cand{i}"), art(dsl.Metrics, tmp_path, f"metrics{i}")
+        c.ptq_trial.python_func(model=model, stats=stats, calib_data=calib, eval_data=evald, config=PTQ_CONFIG,
+                                trial=trial, candidate=cand, metrics=metrics)
+        assert 0.5 < metrics.metadata["metric"] <= 1.0 and metrics.metadata["trials"] == 1
+        candidates.append(cand)
+    best = art(dsl.Model, tmp_path, "best")
+    c.select_best.python_func(candidates=candidates, best=best)
+    assert best.metadata["candidates"] == 2
+    assert best.metadata["metric"] == max(x.metadata["metric"] for x in candidates)
+    best_meta = json.loads((Path(best.path) / "autocompress.json").read_text())
+    assert best_meta["precision"] == "int8"
+    assert [s["stage"] for s in best_meta["stages"]] == ["load_model", "calibrate", "ptq_trial", "ptq_trial",
+                                                         "select_best"]
+    assert len(json.loads((Path(best.path) / "trials.json").read_text())) == 2
+
+    metrics, confusion = art(dsl.Metrics, tmp_path, "m"), art(dsl.ClassificationMetrics, tmp_path, "cm")
+    summary = art(dsl.Artifact, tmp_path, "summary")
+    c.evaluate.python_func(model=best, baseline=model, eval_data=evald, metrics=metrics, confusion=confusion,
+                           summary=summary)
+    s = json.loads((Path(summary.path) / "summary.json").read_text())
+    assert s["strategy"] == "ptq_hpo" and s["precision"] == "int8"
+    assert s["size_bytes_after"] < s["size_bytes_before"]
+    assert metrics.metadata["metric"] == pytest.approx(s["metric"])
+    assert metrics.metadata["target_met"] in (0.0, 1.0)
+    cm = confusion.metadata["confusionMatrix"]
+    assert len(cm["annotationSpecs"]) == 10 and sum(map(sum, [r["row"] for r in cm["rows"]])) == 200
+
+    exported, report = art(dsl.Model, tmp_path, "exported"), art(dsl.Markdown, tmp_path, "report")
+    publish = tmp_path / "published"
+    c.export.python_func(model=best, summary=summary, exported=exported, report=report, publish_uri=str(publish))
+    for root in (Path(exported.path), publish):
+        assert sorted(p.name for p in (root / "model").iterdir()) == [
+            "MODEL_CARD.md", "autocompress.json", "inference.pdiparams", "inference.pdmodel"]
+        assert (root / "summary.json").exists() and (root / "report.md").exists()
+    assert Path(report.path).read_text().startswith("# autocompress report: ptq_hpo")
+    assert json.loads((publish / "summary.json").read_text())["model_dir"] == str(publish / "model")
+
+
+def test_prune_component_makes_the_model_smaller(loaded, tmp_path):
+    model, _, _ = loaded
+    config = json.dumps({"PruneConfig": {"pruned_ratio": 0.5}, "DistillationConfig": {},
+                         "TrainConfig": {"train_iter": 2}})
+    pruned = art(dsl.Model, tmp_path, "pruned")
+    c.prune.python_func(model=model, config=config, pruned=pruned)
+    assert pruned.metadata["params_after"] < pruned.metadata["params_before"]
+    meta = json.loads((Path(pruned.path) / "autocompress.json").read_text())
+    assert meta["strategy"] == "prune" and meta["stages"][-1]["stage"] == "prune"
+
+
+def test_config_of_another_strategy_names_the_right_pipeline(loaded, tmp_path):
+    from autocompress.errors import ConfigError
+
+    model, calib, _ = loaded
+    with pytest.raises(ConfigError, match="run the distill pipeline"):
+        c.calibrate.python_func(model=model, calib_data=calib, stats=art(dsl.Artifact, tmp_path, "s"),
+                                config='{"DistillationConfig": {}, "TrainConfig": {"epochs": 1}}')
