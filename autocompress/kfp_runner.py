@@ -140,14 +140,15 @@ class LocalRun:
 
 
 def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_root: str | os.PathLike | None = None,
-              trial_shards: int = 1, progress: bool | str = True, echo: Callable[[str], None] | None = None) -> LocalRun:
+              trial_shards: int = 1, publish_uri: str | None = None, progress: bool | str = True, echo: Callable[[str], None] | None = None) -> LocalRun:
     """Run the config's strategy pipeline with `kfp.local.SubprocessRunner(use_venv=False)`.
 
     Every stage runs in its own process with this interpreter (so this environment needs the engine
     installed, as the image has). Artifacts go to `pipeline_root` (default `<save_dir>/pipeline-root`);
     the deliverable is published into `save_dir` (default the config's SaveDir): `model/`,
     `summary.json`, `report.md`. PTQ search runs as `trial_shards` parts (1: one process does all
-    trials, the fastest on one machine). Progress is one line per stage; every stage's full log goes
+    trials, the fastest on one machine). `publish_uri` (e.g. s3://bucket/prefix) makes the export stage
+    publish there as well. Progress is one line per stage; every stage's full log goes
     to `<pipeline_root>/<pipeline>-<time>.log` (`progress="verbose"` echoes it, False prints nothing).
     """
     kfp = _kfp()
@@ -163,7 +164,7 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
         raise ConfigError("SaveDir is the input model's folder; choose another folder (the input is never overwritten)")
     root = Path(pipeline_root or save / "pipeline-root").resolve()
     endpoint = os.environ.get("S3_ENDPOINT") or os.environ.get("MINIO_ENDPOINT") or ""
-    name, args = pipeline_arguments(rc, gpu=False, publish_uri=str(save), trial_shards=trial_shards,
+    name, args = pipeline_arguments(rc, gpu=False, publish_uri=publish_uri or str(save), trial_shards=trial_shards,
                                     s3_endpoint=endpoint)
     pipeline = _pipelines().by_name(name)
     save.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,22 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
             raise KFPError(f"the local {name} pipeline failed: {_first_line(_strip_ansi(str(err)))}\n"
                            f"--- end of the log ({log_path}) ---\n{tail}") from None
     wall = time.perf_counter() - start
+    if publish_uri:  # the pipeline published to the URI; the deliverable also lands in save_dir
+        exported = sorted(root.glob("*/export/exported"), key=lambda p: p.stat().st_mtime)
+        if not exported:
+            raise KFPError(f"the {name} pipeline finished but its export artifact is missing under {root}")
+        from .atomic import replace_dir
+        import shutil
+
+        for child in ("model", "summary.json", "report.md"):
+            src, dst = exported[-1] / child, save / child
+            if src.is_dir():
+                tmp = save / f".{child}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src, tmp)
+                replace_dir(tmp, dst)
+            else:
+                shutil.copy2(src, dst)
     summary_path = save / "summary.json"
     if not summary_path.exists():
         raise KFPError(f"the {name} pipeline finished but wrote no {summary_path}; see the logs above")
@@ -194,7 +211,9 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     run = LocalRun(summary, save, root, name, wall)
     for line in stage_table(summary):
         echo(line)
-    echo(f"model:   {run.model_dir}\nsummary: {summary_path}\nreport:  {save / 'report.md'}")
+    echo(f"model:   {run.model_dir}")
+    echo(f"summary: {summary_path}")
+    echo(f"report:  {save / 'report.md'}")
     return run
 
 
@@ -331,6 +350,8 @@ def compile_pipelines(output_dir: str | os.PathLike = DEFAULT_COMPILED_DIR, *, n
             text = _retag(path.read_text(), image_repository)
         write_text_atomic(out / f"{name}.yaml", text)
         written.append(out / f"{name}.yaml")
+    if names is None:
+        _remove_leftovers(out, written)
     if components_dir is not None:
         from .kfp import components
 
@@ -343,7 +364,16 @@ def compile_pipelines(output_dir: str | os.PathLike = DEFAULT_COMPILED_DIR, *, n
                 stem = comp.name.replace("-", "_")
                 write_text_atomic(cdir / f"{stem}.yaml", _retag(path.read_text(), image_repository))
             written.append(cdir / f"{stem}.yaml")
+        _remove_leftovers(cdir, written)
     return written
+
+
+def _remove_leftovers(folder: Path, written: list[Path]) -> None:
+    """A full compile owns its folders' *.yaml: files of removed pipelines/components go."""
+    keep = {p.resolve() for p in written}
+    for path in folder.glob("*.yaml"):
+        if path.resolve() not in keep:
+            path.unlink()
 
 
 def _retag(text: str, image_repository: str | None) -> str:

@@ -204,15 +204,22 @@ def _evaluator(reference_files, eval_dir, metric: str, batch_size: int, feed_nam
                            feed_names=feed_names, reference_predict=reference), reference
 
 
-def _feed_names(files) -> list[str]:
-    meta = _meta(files.model_dir)
-    if meta.get("inputs"):
-        return [i["name"] for i in meta["inputs"]]
-    from .model_io import load_model
-    from .paddle_env import legacy_ir
+def describe(model_dir) -> dict:
+    """The model's program facts (inputs, outputs, params, FLOPs), from its metadata when a stage
+    already recorded them, else by loading the program (and recording them for later stages)."""
+    from .model_io import summarize
 
-    with legacy_ir():
-        return load_model(files).feed_names
+    meta = _meta(model_dir)
+    if meta.get("inputs") is None:
+        facts = summarize(_files(model_dir))
+        meta.update({k: facts.get(k) for k in ("inputs", "outputs", "params", "param_bytes", "flops")})
+        with contextlib.suppress(OSError):  # a read-only input artifact: the facts are just not cached
+            write_json_atomic(Path(model_dir) / "autocompress.json", meta)
+    return meta
+
+
+def _feed_names(files) -> list[str]:
+    return [i["name"] for i in describe(files.model_dir)["inputs"]]
 
 
 def _target(baseline: float, e: cfg.EvalSection) -> float:
@@ -222,19 +229,20 @@ def _target(baseline: float, e: cfg.EvalSection) -> float:
 # ---- load ---------------------------------------------------------------------------------------
 def load_model(uri: str, dest, model_filename: str | None = None, params_filename: str | None = None,
                config=None) -> dict:
-    """Fetch a model (local path, s3://, minio://) into `dest`, untouched, with its metadata.
-    With `config`, the pipeline config is validated first, so a bad config fails the first stage."""
+    """Fetch a model (local path, s3://, minio://) into `dest`, untouched, with its file metadata
+    (format, names, sha256, size, parent). With `config`, the pipeline config is validated first, so a
+    bad config fails the first stage. Program facts (inputs, params, FLOPs) are added by the first
+    stage that loads the program anyway (`describe`), so this stage never imports Paddle: on one
+    machine every stage is a process, and a Paddle import costs seconds."""
     from . import storage
-    from .model_io import locate_model, summarize
+    from .model_io import locate_model
 
     if config is not None:
         parse_config(config)
     with _Stage("load_model") as st, tempfile.TemporaryDirectory(prefix="ac-model-") as tmp:
         local = storage.fetch(uri, Path(tmp) / "in") if storage.is_remote(uri) else Path(uri)
         files = locate_model(local, model_filename or None, params_filename or None)
-        summary = summarize(files)
-        meta = {**summary, "precision": "fp32", "strategy": None, "parent": uri, "metric": None,
-                "source_uri": uri}
+        meta = {"precision": "fp32", "strategy": None, "parent": uri, "metric": None, "source_uri": uri}
         _, meta = _write_model(dest, files, meta)
     meta = _with_stage(meta, {}, st.record)
     write_json_atomic(Path(dest) / "autocompress.json", meta)
@@ -377,7 +385,7 @@ def prune(model_dir, config, dest, device: str = "cpu", batch_size: int = 32) ->
     from .prune.channel import prune_model
 
     sc = parse_config(config, device=device, batch_size=batch_size, expect="prune_distill")
-    files, parent = _files(model_dir), _meta(model_dir)
+    files, parent = _files(model_dir), describe(model_dir)
     with _Stage("prune") as st, tempfile.TemporaryDirectory(prefix="ac-prune-") as work:
         shapes = {i["name"]: [1 if d < 0 else d for d in i["shape"]] for i in parent.get("inputs", [])}
         result = prune_model(files, sc.strategy["PruneConfig"], Path(work) / "model", feed_shapes=shapes or None,

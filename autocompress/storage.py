@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -34,6 +35,7 @@ from .errors import StorageError
 log = logging.getLogger("autocompress.storage")
 
 SCHEMES = ("s3", "minio")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SHA256_META = "sha256"  # stored as x-amz-meta-sha256
 DEFAULT_PART_SIZE = 16 * 1024 * 1024  # S3's minimum part size is 5 MiB
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -73,6 +75,9 @@ def parse_uri(uri: str) -> ObjectURI:
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise StorageError(f"{uri!r} has no bucket name; use {scheme}://bucket/key")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise StorageError(f"{uri!r}: {bucket!r} is not a valid bucket name (3-63 characters: lowercase letters, "
+                           "digits, '.' and '-', starting and ending with a letter or digit)")
     key = key.lstrip("/")
     if any(part == ".." for part in key.split("/")):
         raise StorageError(f"{uri!r}: '..' is not allowed in object keys")

@@ -61,8 +61,8 @@ def test_committed_compiled_files_are_current():
 
 
 EXPECTED_STAGES = {
-    "ptq_hpo": {"load-model", "load-data", "load-data-2", "load-data-3", "calibrate", "plan-trials", "ptq-trial",
-                "select-best", "evaluate", "export"},
+    "ptq_hpo": {"load-model", "load-data", "load-data-2", "calibrate", "ptq-trial", "select-best", "evaluate",
+                "export"},
     "prune_distill": {"load-model", "load-data", "load-data-2", "prune", "distill-train", "evaluate", "export"},
     "distill": {"load-model", "load-data", "load-data-2", "distill-train", "evaluate", "export"},
 }
@@ -71,9 +71,9 @@ EXPECTED_STAGES = {
 def test_ptq_hpo_graph_fans_out_and_collects(compiled):
     spec, _ = _docs(compiled, "ptq_hpo")
     tasks = _tasks(spec)
-    assert {t for t in tasks if not t.startswith("for-loop")} == EXPECTED_STAGES["ptq_hpo"] - {"load-data-3"}
+    assert {t for t in tasks if not t.startswith("for-loop")} == EXPECTED_STAGES["ptq_hpo"]
     loop = tasks["for-loop-1"]
-    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("plan-trials-Output")
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("calibrate-Output")
     assert "ptq-trial" in spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
     select = tasks["select-best"]
     assert select["dependentTasks"] == ["for-loop-1"]
@@ -175,5 +175,5 @@ def test_image_override_and_component_specs(tmp_path):
     assert "ghcr.io/autocompress" not in text and f"registry.local/ac:{__version__}" in text
     comps = kfp_runner.compile_pipelines(tmp_path / "p2", names=["distill"], components_dir=tmp_path / "c")
     assert sorted(p.stem for p in comps if p.parent == tmp_path / "c") == sorted(
-        ["calibrate", "distill_train", "evaluate", "export", "load_data", "load_model", "plan_trials", "prune",
-         "ptq_trial", "select_best"])
+        ["calibrate", "distill_train", "evaluate", "export", "load_data", "load_model", "prune", "ptq_trial",
+         "select_best"])

@@ -51,7 +51,11 @@ def test_load_model_copies_untouched_with_metadata(loaded, digits_files, hashes)
     model, calib, evald = loaded
     meta = json.loads((Path(model.path) / "autocompress.json").read_text())
     assert meta["format"] == "pdmodel" and meta["parent"] == str(digits_files.model_dir)
-    assert meta["inputs"][0]["name"] == "x" and meta["params"] > 0 and meta["stages"][0]["stage"] == "load_model"
+    assert meta["stages"][0]["stage"] == "load_model" and "inputs" not in meta  # no Paddle in load_model
+    from autocompress import stages
+
+    facts = stages.describe(model.path)  # the first stage that loads the program records its facts
+    assert facts["inputs"][0]["name"] == "x" and facts["params"] > 0
     src = hashes(digits_files.model_dir)
     dst = hashes(model.path)
     assert all(dst[name] == digest for name, digest in src.items() if name.endswith((".pdmodel", ".pdiparams")))
@@ -72,9 +76,8 @@ def test_load_model_rejects_a_bad_config_first(tmp_path, digits_files):
 def test_ptq_components_chain(loaded, tmp_path):
     model, calib, evald = loaded
     stats = art(dsl.Artifact, tmp_path, "stats")
-    c.calibrate.python_func(model=model, calib_data=calib, config=PTQ_CONFIG, stats=stats)
+    plan = c.calibrate.python_func(model=model, calib_data=calib, config=PTQ_CONFIG, stats=stats, trial_shards=2)
     assert (Path(stats.path) / "stats.npz").exists() and stats.metadata["samples"] == 64
-    plan = c.plan_trials.python_func(config=PTQ_CONFIG, shards=2)
     assert [json.loads(p)["max_quant_count"] for p in plan] == [1, 1]
     candidates = []
     for i, trial in enumerate(plan):

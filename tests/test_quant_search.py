@@ -154,3 +154,24 @@ def test_precomputed_stats_skip_calibration(digits, tmp_path):
                             progress=False, stats=stats, deploy_eval=False)
     assert result["calibration_samples"] == 100 and len(result["trials"]) == 2
     assert np.isfinite(result["metric"])
+
+
+def test_paddleslim_style_callback_sees_each_trials_program(digits, tmp_path):
+    """PaddleSlim's `(exe, program, feed_names, fetch_targets)` callback must run the trial's quantized
+    program, not the FP32 one; such a callback cannot run on the deployed predictor, so finalists are skipped."""
+    from autocompress.evaluation import build_evaluator
+
+    files, data = digits
+    x, y = data["eval"]
+    seen = []
+
+    def slim_eval(exe, program, feed_names, fetch_targets):
+        seen.append(sum(op.type == "dequantize_linear" for op in program.global_block().ops))
+        out = exe.run(program, feed={feed_names[0]: x}, fetch_list=fetch_targets)[0]
+        return float((out.argmax(-1) == y[:, 0]).mean())
+
+    evaluator = build_evaluator(eval_callback=slim_eval, feed_names=["x"])
+    result = run_ptq_search(files, calib_batches(data["calib"][0]), evaluator, {}, {**SPACE, "max_quant_count": 2},
+                            tmp_path, progress=False)
+    assert seen[0] == 0 and all(n > 0 for n in seen[1:]) and len(seen) == 3
+    assert result["deployed_metric"] is None and result["metric"] >= result["baseline_metric"] - 0.01

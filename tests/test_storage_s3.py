@@ -102,12 +102,12 @@ def test_multipart_upload_for_large_files(server, bucket, tmp_path):
 
 def test_missing_bucket_and_key_are_clear_errors(server, bucket, tmp_path):
     store = _store(server[0])
-    with pytest.raises(StorageError, match="bucket 'nope' does not exist"):
-        store.download("s3://nope/x/y.bin", tmp_path / "y")
+    with pytest.raises(StorageError, match="bucket 'nope-bucket' does not exist"):
+        store.download("s3://nope-bucket/x/y.bin", tmp_path / "y")
     with pytest.raises(StorageError, match="no object and no folder"):
         store.download(f"s3://{bucket}/does/not/exist.bin", tmp_path / "y")
-    with pytest.raises(StorageError, match="bucket 'nope' does not exist"):
-        store.upload(_blob(tmp_path / "z", 10), "s3://nope/z")
+    with pytest.raises(StorageError, match="bucket 'nope-bucket' does not exist"):
+        store.upload(_blob(tmp_path / "z", 10), "s3://nope-bucket/z")
     assert store.sleeps == []  # permanent errors are not retried
 
 
@@ -184,14 +184,16 @@ def test_settings_from_env(monkeypatch):
 
 
 def test_uri_parsing_and_local_paths(tmp_path):
-    assert storage.parse_uri("s3://b/k/x.bin") == storage.ObjectURI("s3", "b", "k/x.bin")
+    assert storage.parse_uri("s3://bkt/k/x.bin") == storage.ObjectURI("s3", "bkt", "k/x.bin")
     assert storage.is_remote("minio://b/k") and not storage.is_remote("/tmp/x") and not storage.is_remote("gs://b")
     with pytest.raises(StorageError, match="'..'"):
-        storage.parse_uri("s3://b/../etc")
+        storage.parse_uri("s3://bkt/../etc")
     with pytest.raises(StorageError, match="no bucket"):
         storage.parse_uri("s3:///k")
+    with pytest.raises(StorageError, match="not a valid bucket name"):
+        storage.parse_uri("s3://ab/k")
     with pytest.raises(StorageError, match="outside the target"):
-        storage._safe_join(tmp_path, "../evil", storage.parse_uri("s3://b/k"))
+        storage._safe_join(tmp_path, "../evil", storage.parse_uri("s3://bkt/k"))
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_text("x")
     assert storage.fetch(str(tmp_path / "d")) == tmp_path / "d"

@@ -43,12 +43,13 @@ def preprocess(images: list[np.ndarray], height: int = REC_HEIGHT, width: int = 
 
 
 def ctc_greedy_decode(probs: np.ndarray, dictionary: list[str]) -> list[str]:
-    """Best path: argmax per step, merge repeats, drop blanks (index 0)."""
+    """Best path: argmax per step, merge repeats, drop blanks (index 0); outer spaces stripped (the
+    model reads the padding as spaces)."""
     idx = probs.argmax(axis=-1)
     texts = []
     for row in idx:
         keep = row[(row != 0) & np.concatenate([[True], row[1:] != row[:-1]])]
-        texts.append("".join(dictionary[i - 1] for i in keep if 0 < i <= len(dictionary)))
+        texts.append("".join(dictionary[i - 1] for i in keep if 0 < i <= len(dictionary)).strip())
     return texts
 
 

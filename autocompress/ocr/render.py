@@ -15,6 +15,7 @@ FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
 CJK_FONT_CANDIDATES = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
                        "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
                        "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
+AMBIGUOUS = set("Il1|0OoSsXxCcVvWwZz")
 
 
 def find_font(cjk: bool = False) -> str | None:
@@ -26,7 +27,8 @@ def find_font(cjk: bool = False) -> str | None:
 
 def charset(dictionary: list[str], with_cjk: bool) -> list[str]:
     """The dictionary characters we can draw: ASCII letters/digits, plus CJK ones with a CJK font."""
-    chars = [c for c in dictionary if len(c) == 1 and c.isascii() and c.isalnum()]
+    # glyphs that DejaVuSans draws (near) identically are left out: the label would be a coin toss
+    chars = [c for c in dictionary if len(c) == 1 and c.isascii() and c.isalnum() and c not in AMBIGUOUS]
     if with_cjk:
         chars += [c for c in dictionary if len(c) == 1 and "\u4e00" <= c <= "\u9fff"][:500]
     return chars

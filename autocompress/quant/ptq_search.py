@@ -36,7 +36,9 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     qcfg = build(QuantizationConfig, quant_config)
     hcfg = build(HyperParameterOptimizationConfig, hpo_config)
     require_legacy(model_files, "post-training quantization")
-    deploy_eval = (qcfg.deploy_backend == "onednn") if deploy_eval is None else deploy_eval
+    if deploy_eval is None:
+        # a PaddleSlim-style callback needs a static program, which the deployed predictor lacks
+        deploy_eval = qcfg.deploy_backend == "onednn" and getattr(evaluator, "mode", None) != "paddleslim"
     save_dir = Path(save_dir)
     guard = InputGuard(model_files)
     started = time.perf_counter()
@@ -45,7 +47,7 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
         targets = find_targets(model.program, qcfg)
         from .predict import executor_predictor
 
-        baseline = call_evaluator(evaluator, executor_predictor(model))
+        baseline = call_evaluator(evaluator, executor_predictor(model), context=_fp32_context(model))
         space = SearchSpace.from_config(hcfg)
         t0 = time.perf_counter()
         if stats is None:
@@ -69,6 +71,14 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     result.update(seconds=time.perf_counter() - started, calibration_seconds=calib_seconds,
                   calibration_samples=stats.total_samples, deployed_eval=bool(deploy_eval))
     return result
+
+
+def _fp32_context(model):
+    try:
+        from ..evaluation import ModelContext
+    except ImportError:
+        return None
+    return ModelContext.from_model(model)
 
 
 def _check_stats(stats, targets):

@@ -13,6 +13,7 @@ them); `is_full_quantize` -> every type Paddle can quantize; `weight_bits`, `act
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 log = logging.getLogger("autocompress.quant")
@@ -44,8 +45,9 @@ def insert_fake_quant(program, scope, place, qc):
     the caller promotes them back to Parameters (trainable.promote_parameters)."""
     from paddle.static.quantization import quant_aware
 
-    quantized = quant_aware(program, place, paddle_quant_config(qc), scope=scope, for_test=False,
-                            return_program=True)
+    with _quiet_paddle_quant():
+        quantized = quant_aware(program, place, paddle_quant_config(qc), scope=scope, for_test=False,
+                                return_program=True)
     n = count_quant_ops(quantized)
     if n == 0:
         log.warning("QAT: no op of the types %s was quantized (not_quant_pattern %s); the model trains in fp32",
@@ -62,4 +64,32 @@ def convert_for_inference(eval_program, scope, place, qc):
     weights stored quantized with their scales, activation scales as quantize_linear attrs."""
     from paddle.static.quantization import convert
 
-    return convert(eval_program, place, paddle_quant_config(qc), scope=scope)
+    with _quiet_paddle_quant():
+        return convert(eval_program, place, paddle_quant_config(qc), scope=scope)
+
+
+@contextlib.contextmanager
+def _quiet_paddle_quant():
+    """paddle's quant passes draw their own tqdm bars and log their whole config at INFO; our
+    training bar and log lines say what is happening."""
+    import paddle.static.quantization.quanter as quanter
+    import paddle.static.quantization.quantization_pass as qp
+
+    original = qp.tqdm
+
+    class _Silent(original):
+        def __init__(self, *a, **k):
+            k["disable"] = True
+            super().__init__(*a, **k)
+
+    logger = getattr(quanter, "_logger", None)
+    level = logger.level if logger is not None else None
+    qp.tqdm = _Silent
+    if logger is not None:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        qp.tqdm = original
+        if logger is not None:
+            logger.setLevel(level)

@@ -13,14 +13,18 @@ from .space import TrialConfig
 from .thresholds import compute_thresholds
 
 
-def call_evaluator(evaluator, predict, limit=None) -> float:
+def call_evaluator(evaluator, predict, limit=None, context=None) -> float:
     """evaluate(predict, limit=None) -> float; a plain evaluate(predict) is fine when limit is None.
-    A non-finite or non-numeric result is an EvalError (DESIGN §6)."""
+    `context` (the trial's static program, for PaddleSlim-style callbacks) is passed to evaluators
+    that take it. A non-finite or non-numeric result is an EvalError (DESIGN §6)."""
     try:
-        takes_limit = "limit" in inspect.signature(evaluator).parameters
+        params = inspect.signature(evaluator).parameters
     except (TypeError, ValueError):
-        takes_limit = True
-    value = evaluator(predict, limit=limit) if takes_limit else evaluator(predict)
+        params = {"limit": None}
+    kwargs = {"limit": limit} if "limit" in params else {}
+    if context is not None and "context" in params:
+        kwargs["context"] = context
+    value = evaluator(predict, **kwargs)
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -74,6 +78,16 @@ class TrialRunner:
                                         self.bits)
         return self.template(config.weight_quantize_type).instantiate(thresholds, bool(config.bias_correct))
 
+    def context(self, qmodel):
+        """What a PaddleSlim-style `(exe, program, feed_names, fetch_targets)` callback runs: this trial."""
+        try:
+            from ..evaluation import ModelContext
+        except ImportError:
+            return None
+        block = qmodel.program.global_block()
+        return ModelContext(self.model.executor, qmodel.program, list(qmodel.feed_names),
+                            [block.var(n) for n in qmodel.fetch_names], qmodel.scope)
+
     def samples(self, config: TrialConfig) -> int:
         k = self.stats.chunks_for(config.samples)
         return int(self.stats.chunk_samples[:k].sum())
@@ -84,5 +98,5 @@ class TrialRunner:
         start = time.perf_counter()
         qmodel = self.build(config)
         predict = executor_predictor(self.model, program=qmodel.program, scope=qmodel.scope)
-        metric = call_evaluator(evaluator, predict, limit)
+        metric = call_evaluator(evaluator, predict, limit, context=self.context(qmodel))
         return Trial(index, config, self.samples(config), metric, seconds=time.perf_counter() - start), qmodel

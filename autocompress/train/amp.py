@@ -16,7 +16,7 @@ _LISTS = ("custom_white_list", "custom_black_list", "custom_black_varnames")
 
 def check_device(amp_config: dict | None, place) -> None:
     """Static AMP runs fp16/bf16 kernels on CUDA; say so on CPU instead of silently training fp32."""
-    if amp_config and "CPU" in str(place):
+    if amp_config and "cpu" in str(place).lower():
         raise DeviceError("TrainConfig.amp_config: static mixed precision (fp16, O1/O2) needs a GPU, and this "
                           "run is on CPU. Remove amp_config to train in fp32 on CPU, or run with devices='gpu'.")
 

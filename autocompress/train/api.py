@@ -47,12 +47,12 @@ def run_distill(model_files: ModelFiles, train_source, evaluator, distill_config
                 strategy, train_kwargs)
 
 
-def run_multi_teacher(model_files: ModelFiles, train_source, evaluator, multi_config, train_config, save_dir,
+def run_multi_teacher(model_files: ModelFiles, train_source, evaluator, distill_config, train_config, save_dir,
                       place=None, quant_config=None, teacher_files: list[ModelFiles] | None = None,
                       **train_kwargs) -> dict:
     """Multi-teacher distillation: teacher i contributes distill_loss[i] * distill_lambda[i] over its
     distill_node_pair[i] (default: the outputs)."""
-    mc = build(MultiTeacherDistillationConfig, multi_config, "MultiTeacherDistillationConfig")
+    mc = build(MultiTeacherDistillationConfig, distill_config, "MultiTeacherDistillationConfig")
     qc = build(QuantizationConfig, quant_config, "QuantizationConfig") if quant_config is not None else None
     n = len(mc.teacher_model_dir)
     if teacher_files is not None and len(teacher_files) != n:

@@ -7,13 +7,11 @@ from .evaluate import evaluate
 from .export import export
 from .load_data import load_data
 from .load_model import load_model
-from .plan_trials import plan_trials
 from .prune import prune
 from .ptq_trial import ptq_trial
 from .select_best import select_best
 
-ALL = {c.name: c for c in (load_model, load_data, calibrate, plan_trials, ptq_trial, select_best, prune,
+ALL = {c.name: c for c in (load_model, load_data, calibrate, ptq_trial, select_best, prune,
                            distill_train, evaluate, export)}
 
-__all__ = ["ALL", "calibrate", "distill_train", "evaluate", "export", "load_data", "load_model", "plan_trials",
-           "prune", "ptq_trial", "select_best"]
+__all__ = ["ALL", "calibrate", "distill_train", "evaluate", "export", "load_data", "load_model", "prune", "ptq_trial", "select_best"]

@@ -28,10 +28,10 @@ def build(gpu: bool = True):
         evald = common(light(c.load_data(data_uri=eval_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
                        object_store_secret, "load eval data", cache=False, retries=2)
         stats = common(heavy(c.calibrate(model=model.outputs["model"], calib_data=calib.outputs["dataset"],
-                                         config=config, device=device, batch_size=batch_size), **place),
-                       object_store_secret, "calibrate (once)")
-        plan = common(light(c.plan_trials(config=config, shards=trial_shards)), object_store_secret, "plan trials")
-        with dsl.ParallelFor(plan.output, name="trials") as trial:
+                                         config=config, trial_shards=trial_shards, device=device,
+                                         batch_size=batch_size), **place),
+                       object_store_secret, "calibrate (once) + plan trials")
+        with dsl.ParallelFor(stats.outputs["Output"], name="trials") as trial:
             part = common(heavy(c.ptq_trial(model=model.outputs["model"], stats=stats.outputs["stats"],
                                             calib_data=calib.outputs["dataset"], eval_data=evald.outputs["dataset"],
                                             config=config, trial=trial, metric=metric, max_drop=max_drop,

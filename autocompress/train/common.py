@@ -1,0 +1,49 @@
+"""Small pieces the engine, the loop and other engines (pruning) share."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+
+from ..errors import AutoCompressError, EvalError
+
+
+class TrainingError(AutoCompressError):
+    """Training diverged (NaN/inf loss) or cannot continue. (Candidate for autocompress.errors.)"""
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What `after_step` gets: enough to re-apply masks (pruning) or inspect weights."""
+
+    step: int
+    scope: object
+    place: object
+    program: object                   # the training program
+    param_names: list[str]
+
+
+def scope_predictor(exe, program, scope, output_names: list[str]) -> Callable:
+    """The evaluation contract's `predict`: feed dict of numpy arrays -> list of numpy outputs."""
+    import paddle
+
+    def predict(feed: dict) -> list[np.ndarray]:
+        with paddle.static.scope_guard(scope):
+            return [np.asarray(o) for o in exe.run(program, feed=dict(feed), fetch_list=list(output_names))]
+    return predict
+
+
+def evaluate_checked(evaluator, predict, what: str) -> float:
+    try:
+        value = evaluator(predict)
+    except AutoCompressError:
+        raise
+    except Exception as err:
+        raise EvalError(f"the eval callback raised while evaluating {what}: {type(err).__name__}: {err}. "
+                        "Fix the callback (it gets predict(feed_dict) -> list of numpy outputs).") from err
+    if value is None or not math.isfinite(float(value)):
+        raise EvalError(f"the eval callback returned {value!r} for {what}; it must return a finite float "
+                        "(higher is better)")
+    return float(value)

@@ -1,0 +1,121 @@
+"""Every strategy pipeline end to end with kfp.local.SubprocessRunner on the digits CNN (real
+scikit-learn digits), and a run that reads the model and data from a real S3 server (nanio on
+127.0.0.1) and publishes the result back."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp", reason="the Kubeflow layer needs kfp (pip install 'autocompress[kfp]')")
+
+from autocompress import kfp_runner  # noqa: E402
+
+TRAIN = {"train_iter": 4, "eval_iter": 2, "learning_rate": 0.001, "optimizer": "Momentum"}
+STRATEGIES = {
+    "ptq_hpo": {"QuantizationConfig": {"quantize_op_types": ["conv2d", "matmul_v2", "mul"]},
+                "HyperParameterOptimizationConfig": {"ptq_algo": ["avg", "hist"], "bias_correct": [False],
+                                                     "hist_percent": [0.999], "batch_size": [16],
+                                                     "batch_num": [4], "max_quant_count": 2}},
+    "qat_distill": {"QuantizationConfig": {"quantize_op_types": ["conv2d", "matmul_v2", "mul"]},
+                    "DistillationConfig": {}, "TrainConfig": TRAIN},
+    "prune_distill": {"PruneConfig": {"pruned_ratio": 0.25}, "DistillationConfig": {}, "TrainConfig": TRAIN},
+    "sparse_distill": {"UnstructurePruneConfig": {"prune_ratio": 0.5}, "DistillationConfig": {},
+                       "TrainConfig": TRAIN},
+    "distill": {"DistillationConfig": {}, "TrainConfig": TRAIN},
+    "multi_teacher_distill": {"MultiTeacherDistillationConfig": {"teacher_model_dir": ["TEACHER", "TEACHER"],
+                                                                 "distill_loss": ["l2_loss", "l2_loss"],
+                                                                 "distill_lambda": [1.0, 0.5]},
+                              "TrainConfig": TRAIN},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, digits_data):
+    from autocompress.data.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    x, y = digits_data["calib"]
+    write_dataset(root / "train", {"x": x[:128]}, labels=y[:128])
+    x, y = digits_data["eval"]
+    write_dataset(root / "eval", {"x": x[:200]}, labels=y[:200])
+    return root
+
+
+def _config(tmp_path, combination, model_dir, data, model_uri=None, train=None, evald=None):
+    strategy = json.loads(json.dumps(STRATEGIES[combination]).replace("TEACHER", str(model_dir)))
+    cfg = {"Model": {"model_dir": model_uri or str(model_dir)},
+           "Data": {"train": train or str(data / "train"), "eval": evald or str(data / "eval"), "batch_size": 32},
+           "Eval": {"metric": "top1", "max_drop": 0.5}, "Device": "cpu", "SaveDir": str(tmp_path / "out"),
+           **strategy}
+    path = tmp_path / f"{combination}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("combination", list(STRATEGIES))
+def test_local_pipeline_end_to_end(tmp_path, combination, digits_files, data, hashes):
+    before = hashes(digits_files.model_dir)
+    lines = []
+    run = kfp_runner.run_local(_config(tmp_path, combination, digits_files.model_dir, data), echo=lines.append)
+    s = run.summary
+    assert s["strategy"] == combination and run.pipeline == f"{combination}_cpu"
+    for key in ("baseline_metric", "metric", "metric_drop", "target_met", "size_bytes_before", "size_bytes_after",
+                "latency_ms_before", "latency_ms_after", "params_before", "params_after", "flops_before",
+                "flops_after", "seconds", "peak_rss_bytes"):
+        assert key in s, key
+    assert 0.0 <= s["metric"] <= 1.0 and s["baseline_metric"] > 0.9
+    assert (run.save_dir / "report.md").read_text().startswith(f"# autocompress report: {combination}")
+    assert (run.model_dir / digits_files.model_filename).exists()
+    assert (run.model_dir / "MODEL_CARD.md").exists()
+    stages = [r["stage"] for r in s["stages"]]
+    assert stages[0] == "load_model" and stages[-1] == "evaluate"
+    if combination == "ptq_hpo":
+        assert s["precision"] == "int8" and s["size_bytes_after"] < s["size_bytes_before"] and len(s["trials"]) == 2
+        assert "calibrate" in stages
+    if combination == "prune_distill":
+        assert s["params_after"] < s["params_before"] and "prune" in stages
+    if combination == "qat_distill":
+        assert s["precision"] == "int8"
+    # progress: one line per stage, then where the results are
+    assert any(line.startswith("  ok load-model") for line in lines)
+    assert any(line.startswith("summary: ") for line in lines)
+    assert hashes(digits_files.model_dir) == before  # the input model is never modified
+    assert Path(s["pipeline_log"]).exists()
+
+
+def test_failed_stage_is_a_clear_error(tmp_path, digits_files, data):
+    cfg = _config(tmp_path, "distill", digits_files.model_dir, data, evald=str(tmp_path / "missing-eval"))
+    with pytest.raises(kfp_runner.KFPError, match="load-data|missing-eval") as info:
+        kfp_runner.run_local(cfg, echo=lambda line: None)
+    assert "end of the log" in str(info.value)
+
+
+def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_files, data):
+    pytest.importorskip("nanio", reason="the S3 test server is the nanio package")
+    from _s3server import nanio_server, s3_env
+
+    from autocompress import storage
+
+    with nanio_server(tmp_path / "s3") as endpoint:
+        for key, value in s3_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+        store = storage.ObjectStore(scheme="s3")
+        store.client.make_bucket("mlbucket")
+        store.upload(digits_files.model_dir, "s3://mlbucket/models/digits")
+        store.upload(data / "train", "s3://mlbucket/data/train")
+        store.upload(data / "eval", "s3://mlbucket/data/eval")
+        cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, model_uri="s3://mlbucket/models/digits",
+                      train="s3://mlbucket/data/train", evald="minio://mlbucket/data/eval")
+        run = kfp_runner.run_local(cfg, publish_uri="s3://mlbucket/published/run1", echo=lambda line: None)
+        assert run.summary["model_dir"] == "s3://mlbucket/published/run1/model"
+        published = sorted(store.list("s3://mlbucket/published/run1"))
+        assert published == ["model/MODEL_CARD.md", "model/autocompress.json", "model/inference.pdiparams",
+                             "model/inference.pdmodel", "report.md", "summary.json"]
+        stat = store.client.stat_object("mlbucket", "published/run1/model/inference.pdiparams")
+        assert storage._meta(stat.metadata, "sha256") == __import__("autocompress.model_io", fromlist=["x"]).sha256_file(
+            run.model_dir / "inference.pdiparams")
+        assert json.loads((run.save_dir / "summary.json").read_text())["input_model"] == "s3://mlbucket/models/digits"
