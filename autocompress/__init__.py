@@ -1,4 +1,5 @@
 """autocompress: source-free automatic compression of Paddle inference models."""
+from . import paddle_env  # noqa: F401  (quiets paddle before anything imports it)
 from .api import AutoCompression
 from .config import (DistillationConfig, HyperParameterOptimizationConfig, MultiTeacherDistillationConfig,
                      PruneConfig, QuantizationConfig, TrainConfig, UnstructurePruneConfig)

@@ -7,6 +7,10 @@ but slower than FP32.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -34,11 +38,39 @@ def _config(files: ModelFiles, int8: bool, threads: int):
     return config
 
 
+@contextlib.contextmanager
+def _quiet_native_output():
+    """Paddle's oneDNN int8 passes print pages of pass statistics from C++ straight to fd 1/2, past
+    `disable_glog_info`. Send them to a temporary file; replay it only if creation fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            _restore(saved)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+            raise
+        _restore(saved)
+
+
+def _restore(saved: list[int]) -> None:
+    for fd, copy in zip((1, 2), saved):
+        os.dup2(copy, fd)
+        os.close(copy)
+    saved.clear()
+
+
 def inference_predictor(files: ModelFiles, int8: bool = False, threads: int = 1) -> Predictor:
     """A Predictor (feed dict in, list of numpy outputs out) backed by a Paddle Inference predictor."""
     from paddle import inference
 
-    predictor = inference.create_predictor(_config(files, int8, threads))
+    with _quiet_native_output():
+        predictor = inference.create_predictor(_config(files, int8, threads))
     input_names = predictor.get_input_names()
     output_names = predictor.get_output_names()
 

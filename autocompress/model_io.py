@@ -157,9 +157,8 @@ def load_model(files: ModelFiles, place=None, scope=None) -> LoadedModel:
     exe = paddle.static.Executor(place or paddle.CPUPlace())
     try:
         with paddle.static.scope_guard(scope):
-            program, feeds, fetches = paddle.static.load_inference_model(
-                str(files.model_dir), exe,
-                model_filename=files.model_filename, params_filename=files.params_filename)
+            # locate_model guarantees <prefix>.pdmodel + <prefix>.pdiparams, so the prefix says it all
+            program, feeds, fetches = paddle.static.load_inference_model(files.path_prefix, exe)
     except Exception as err:  # paddle raises bare RuntimeError/ValueError for corrupt files
         raise ModelError(f"could not load the model {files.model_path}: {type(err).__name__}: "
                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}. "

@@ -9,7 +9,11 @@ import contextlib
 import os
 import re
 
+import warnings
+
 os.environ.setdefault("GLOG_minloglevel", "2")  # paddle's C++ INFO lines drown our progress bars
+# paddle warns at import that ccache is missing (it only matters for building C++ extensions)
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
 from .errors import DeviceError
 
