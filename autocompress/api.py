@@ -142,7 +142,7 @@ class AutoCompression:
 
     def _measure(self, c: dict, result: dict, seconds: float) -> dict:
         """Evaluate and time the final model on the deployment backend, next to the original."""
-        from .backend import inference_predictor, measure_latency
+        from .backend import compare_latency, inference_predictor
         from .model_io import read_metadata, summarize
 
         out_files = result["model_files"]
@@ -151,8 +151,8 @@ class AutoCompression:
         deployed = c["evaluator"](inference_predictor(out_files, int8=int8))
         feed_shapes = {k: list(v.shape) for k, v in c["sample_feed"].items()}
         before, after = summarize(self.model_files, feed_shapes), summarize(out_files, feed_shapes)
-        lat_before = measure_latency(self.model_files, c["sample_feed"], int8=False, threads=self.latency_threads)
-        lat_after = measure_latency(out_files, c["sample_feed"], int8=int8, threads=self.latency_threads)
+        lat_before, lat_after = compare_latency([(self.model_files, False), (out_files, int8)], c["sample_feed"],
+                                                threads=self.latency_threads)
         baseline = c["baseline"]
         drop = metric_drop(baseline, deployed, self.eval_settings.drop_type)
         warnings = list(result.get("warnings", []))

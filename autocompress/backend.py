@@ -87,12 +87,23 @@ def inference_predictor(files: ModelFiles, int8: bool = False, threads: int = 1)
 def measure_latency(files: ModelFiles, feed: dict, int8: bool = False, threads: int = 1,
                     warmup: int = 5, repeats: int = 30) -> float:
     """Median milliseconds per `predict(feed)` call with Paddle Inference."""
-    predict = inference_predictor(files, int8=int8, threads=threads)
-    for _ in range(warmup):
-        predict(feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predict(feed)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(times))
+    return compare_latency([(files, int8)], feed, threads, warmup, rounds=repeats, calls_per_round=1)[0]
+
+
+def compare_latency(models: list[tuple[ModelFiles, bool]], feed: dict, threads: int = 1, warmup: int = 10,
+                    rounds: int = 15, calls_per_round: int = 10) -> list[float]:
+    """Milliseconds per call for each (model files, int8) pair, measured in the same process with the
+    same threads. Rounds alternate between the models so that load from other processes and CPU
+    frequency changes hit all of them alike; the result is the median round."""
+    predictors = [inference_predictor(files, int8=int8, threads=threads) for files, int8 in models]
+    for predict in predictors:
+        for _ in range(warmup):
+            predict(feed)
+    samples: list[list[float]] = [[] for _ in predictors]
+    for _ in range(rounds):
+        for predict, times in zip(predictors, samples):
+            start = time.perf_counter()
+            for _ in range(calls_per_round):
+                predict(feed)
+            times.append((time.perf_counter() - start) * 1000.0 / calls_per_round)
+    return [float(np.median(times)) for times in samples]

@@ -31,6 +31,16 @@ def _data(location: str | None, what: str, batch_size: int):
     return read_dataset(location, batch_size=batch_size)
 
 
+def _localize_teachers(strategy: dict) -> None:
+    """Teacher model locations may be builtin:// or object-store URIs too."""
+    single = strategy.get("DistillationConfig")
+    if single is not None and single.teacher_model_dir:
+        single.teacher_model_dir = _local(single.teacher_model_dir)
+    multi = strategy.get("MultiTeacherDistillationConfig")
+    if multi is not None:
+        multi.teacher_model_dir = [_local(d) for d in multi.teacher_model_dir]
+
+
 def run_config(config: RunConfig | str | Path, save_dir: str | None = None, progress: bool = True) -> dict:
     """Run one compression job from a RunConfig (or a YAML path). Returns the summary."""
     from .api import AutoCompression
@@ -43,6 +53,7 @@ def run_config(config: RunConfig | str | Path, save_dir: str | None = None, prog
     evaluation = _data(data.eval, "eval", data.batch_size)
     if evaluation is None:
         raise ConfigError("Data.eval is required (the data the budget is measured on)")
+    _localize_teachers(rc.strategy)
     ac = AutoCompression(
         model_dir=_local(rc.Model.model_dir), model_filename=rc.Model.model_filename,
         params_filename=rc.Model.params_filename, save_dir=save_dir or rc.SaveDir,

@@ -65,9 +65,22 @@ def comparison_rows(s: dict) -> list[tuple[str, str, str, str]]:
          _ratio(s["params_before"], s["params_after"])),
         ("FLOPs / sample", _fmt(s["flops_before"], "count"), _fmt(s["flops_after"], "count"),
          _ratio(s["flops_before"], s["flops_after"])),
+        *_sparsity_rows(s),
         (f"latency ({s.get('latency_backend', 'Paddle Inference')})", _fmt(s["latency_ms_before"], "ms"),
          _fmt(s["latency_ms_after"], "ms"), _ratio(s["latency_ms_before"], s["latency_ms_after"])),
     ]
+
+
+def _sparsity_rows(s: dict) -> list[tuple[str, str, str, str]]:
+    """Sparse models keep their shape; what shrinks is the zero fraction and the compressed size."""
+    rows = []
+    if isinstance(s.get("sparsity_after"), (int, float)):
+        rows.append(("weight sparsity", f"{s.get('sparsity_before', 0):.1%}", f"{s['sparsity_after']:.1%}", ""))
+    before, after = s.get("compressed_size_before"), s.get("compressed_size_after")
+    if isinstance(before, dict) and isinstance(after, dict):
+        b, a = before.get("params_compressed_bytes"), after.get("params_compressed_bytes")
+        rows.append(("params, compressed (zip)", _fmt(b, "bytes"), _fmt(a, "bytes"), _ratio(b, a)))
+    return rows
 
 
 def render_table(rows, header=("", "before", "after", "change")) -> str:

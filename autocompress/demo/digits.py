@@ -102,16 +102,20 @@ def digits_model(cache_dir=None, seed: int = 0) -> ModelFiles:
 
 
 def materialize_builtin(uri: str, cache_dir=None) -> Path:
-    """Resolve `builtin://digits` (the model) and `builtin://digits/<split>` (a Dataset folder) to local
-    folders, so example configs run on a fresh clone with no data preparation step."""
+    """Resolve `builtin://digits[@seed]` (the demo model; another seed = a differently trained twin, e.g.
+    a second teacher) and `builtin://digits/<split>` (a Dataset folder) to local folders, so example
+    configs run on a fresh clone with no data preparation step."""
     from ..errors import ConfigError
 
     parts = uri.removeprefix("builtin://").strip("/").split("/")
-    if parts[0] != "digits" or len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("train", "calib", "eval")):
-        raise ConfigError(f"unknown builtin location {uri!r}; available: builtin://digits (model), "
-                          "builtin://digits/train, builtin://digits/calib, builtin://digits/eval (datasets)")
+    name, _, seed = parts[0].partition("@")
+    valid = (name == "digits" and (seed == "" or seed.isdigit()) and
+             (len(parts) == 1 or (len(parts) == 2 and parts[1] in ("train", "calib", "eval") and not seed)))
+    if not valid:
+        raise ConfigError(f"unknown builtin location {uri!r}; available: builtin://digits or builtin://digits@<seed> "
+                          "(models), builtin://digits/train, builtin://digits/calib, builtin://digits/eval (datasets)")
     if len(parts) == 1:
-        return digits_model(cache_dir).model_dir
+        return digits_model(cache_dir, seed=int(seed or 0)).model_dir
     from ..data.dataset import write_dataset
 
     folder = Path(cache_dir or default_cache_dir()) / f"digits-data-{__version__}" / parts[1]
