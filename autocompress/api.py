@@ -131,7 +131,8 @@ class AutoCompression:
             return {**common, "calib_source": c["calib_source"], "quant_config": s["QuantizationConfig"],
                     "hpo_config": s["HyperParameterOptimizationConfig"],
                     "target_metric": self._target_metric(c["baseline"]), "progress": self.progress}
-        train = {**common, "train_source": c["train_source"], "train_config": self.train_config}
+        train = {**common, "train_source": c["train_source"], "train_config": self.train_config,
+                 "baseline_metric": c["baseline"], "progress": self.progress}
         if self.combination == "multi_teacher_distill":
             return {**train, "distill_config": s["MultiTeacherDistillationConfig"]}
         if self.combination == "prune_distill":

@@ -286,6 +286,20 @@ class TrainConfig(_Config):
             return v  # an LRScheduler object passed through the API
         raise ValueError(f"must be a float, an LRScheduler or {{type: <scheduler>, ...}}, got {v!r}")
 
+    @model_validator(mode="after")
+    def _length_and_fleet(self):
+        if self.epochs is None and self.train_iter is None:
+            raise ValueError("TrainConfig needs epochs or train_iter: set how long to train")
+        for key in ("epochs", "train_iter"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+        for key in ("recompute_config", "sharding_config"):
+            if getattr(self, key) and not self.use_fleet:
+                raise ValueError(f"{key} only works with the fleet API; set use_fleet: true (and launch with "
+                                 "python -m paddle.distributed.launch) or remove it")
+        return self
+
     @field_validator("eval_iter", "logging_iter")
     @classmethod
     def _iters(cls, v):

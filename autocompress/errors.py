@@ -29,3 +29,7 @@ class DeviceError(AutoCompressError):
 
 class StorageError(AutoCompressError):
     """Object-store problems: missing bucket/key, bad credentials, checksum mismatch."""
+
+
+class TrainingError(AutoCompressError):
+    """Training diverged (NaN/inf loss or weights) or cannot continue; the last good checkpoint is kept."""

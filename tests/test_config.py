@@ -14,7 +14,9 @@ def test_spec_defaults():
     assert d.merge_feed is True and d.distill_loss == "l2_loss"
     assert cfg.PruneConfig().criterion == "l1_norm"
     assert cfg.UnstructurePruneConfig().prune_mode == "ratio"
-    assert cfg.TrainConfig().optimizer == "SGD"
+    assert cfg.TrainConfig(epochs=1).optimizer == "SGD"
+    with pytest.raises(Exception, match="needs epochs or train_iter"):
+        cfg.TrainConfig()
 
 
 @pytest.mark.parametrize("strategy,name", [

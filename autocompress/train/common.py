@@ -7,11 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import AutoCompressError, EvalError
-
-
-class TrainingError(AutoCompressError):
-    """Training diverged (NaN/inf loss) or cannot continue. (Candidate for autocompress.errors.)"""
+from ..errors import AutoCompressError, EvalError, TrainingError  # noqa: F401 (TrainingError re-exported)
 
 
 @dataclasses.dataclass
