@@ -49,13 +49,11 @@ class KFPError(AutoCompressError):
 
 def _kfp():
     try:
-        import kfp  # noqa: F401
-        from kfp import kubernetes  # noqa: F401
+        import kfp
+        from kfp import kubernetes  # noqa: F401  (the pipelines need kfp-kubernetes too)
     except ImportError:
         raise KFPError("Kubeflow features need the kfp packages: pip install 'autocompress[kfp]' "
                        "(kfp and kfp-kubernetes); `autocompress run --in-process` works without them") from None
-    import kfp
-
     return kfp
 
 
@@ -151,7 +149,7 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     publish there as well. Progress is one line per stage; every stage's full log goes
     to `<pipeline_root>/<pipeline>-<time>.log` (`progress="verbose"` echoes it, False prints nothing).
     """
-    kfp = _kfp()
+    _kfp()
     from kfp import local
 
     if echo is None:
@@ -529,7 +527,7 @@ def _cluster_args(config, gpu, publish_uri, trial_shards, secret, params):
     name, args = pipeline_arguments(config, gpu=gpu, publish_uri=publish_uri, trial_shards=trial_shards,
                                     object_store_secret=secret, extra=params)
     for key in ("model_uri", "calib_data_uri", "train_data_uri", "eval_data_uri"):
-        if key in args and not storage.is_remote(args[key]):
+        if key in args and not (storage.is_remote(args[key]) or args[key].startswith("builtin://")):
             raise ConfigError(f"{key} is the local path {args[key]}; a cluster cannot read it. Upload it "
                               "(e.g. with `mc cp` / `aws s3 cp`) and use its s3:// or minio:// URI in the config")
     if publish_uri and not storage.is_remote(publish_uri):

@@ -222,6 +222,22 @@ def _feed_names(files) -> list[str]:
     return [i["name"] for i in describe(files.model_dir)["inputs"]]
 
 
+def _fetch(location: str, dest) -> Path:
+    """A local folder for a location: `builtin://` demo assets are materialised (the image can build
+    them), object-store URIs are downloaded into `dest`, local paths are used in place."""
+    from . import storage
+
+    if location.startswith("builtin://"):
+        from .demo.digits import materialize_builtin
+
+        return Path(materialize_builtin(location))
+    if storage.is_remote(location):
+        return storage.fetch(location, dest)
+    if "://" in location:
+        raise ConfigError(f"{location}: unsupported scheme; use a local path, s3://, minio:// or builtin://")
+    return Path(location)
+
+
 def _target(baseline: float, e: cfg.EvalSection) -> float:
     return baseline - (e.max_drop * abs(baseline) if e.drop_type == "relative" else e.max_drop)
 
@@ -234,13 +250,12 @@ def load_model(uri: str, dest, model_filename: str | None = None, params_filenam
     bad config fails the first stage. Program facts (inputs, params, FLOPs) are added by the first
     stage that loads the program anyway (`describe`), so this stage never imports Paddle: on one
     machine every stage is a process, and a Paddle import costs seconds."""
-    from . import storage
     from .model_io import locate_model
 
     if config is not None:
         parse_config(config)
     with _Stage("load_model") as st, tempfile.TemporaryDirectory(prefix="ac-model-") as tmp:
-        local = storage.fetch(uri, Path(tmp) / "in") if storage.is_remote(uri) else Path(uri)
+        local = _fetch(uri, Path(tmp) / "in")
         files = locate_model(local, model_filename or None, params_filename or None)
         meta = {"precision": "fp32", "strategy": None, "parent": uri, "metric": None, "source_uri": uri}
         _, meta = _write_model(dest, files, meta)
@@ -255,7 +270,7 @@ def load_data(uri: str, dest, batch_size: int = 32) -> dict:
     from .data.dataset import load_dataset_yaml
 
     with atomic_dir(dest) as tmp:
-        storage.fetch(uri, tmp)
+        storage.fetch(str(_fetch(uri, Path(tmp))) if uri.startswith("builtin://") else uri, tmp)
         meta = load_dataset_yaml(tmp)
         source = _dataset(tmp, batch_size)
         first = source.first()
@@ -494,7 +509,6 @@ def distill_train(student_dir, teacher_dir, train_dir, eval_dir, config, dest, *
 
 def _local_teachers(strategy: dict, default_teacher, folder: Path) -> None:
     """Teachers named by URI are fetched; a single-teacher config without one uses the original model."""
-    from . import storage
 
     d = strategy.get("DistillationConfig")
     if d is not None:
@@ -503,13 +517,12 @@ def _local_teachers(strategy: dict, default_teacher, folder: Path) -> None:
                 "teacher_model_dir": str(default_teacher.model_dir),
                 "teacher_model_filename": default_teacher.model_filename,
                 "teacher_params_filename": default_teacher.params_filename})
-        elif storage.is_remote(d.teacher_model_dir):
-            local = storage.fetch(d.teacher_model_dir, folder / "0")
+        elif "://" in d.teacher_model_dir:
+            local = _fetch(d.teacher_model_dir, folder / "0")
             strategy["DistillationConfig"] = d.model_copy(update={"teacher_model_dir": str(local)})
     m = strategy.get("MultiTeacherDistillationConfig")
     if m is not None:
-        dirs = [str(storage.fetch(t, folder / str(i))) if storage.is_remote(t) else t
-                for i, t in enumerate(m.teacher_model_dir)]
+        dirs = [str(_fetch(t, folder / str(i))) for i, t in enumerate(m.teacher_model_dir)]
         strategy["MultiTeacherDistillationConfig"] = m.model_copy(update={"teacher_model_dir": dirs})
 
 

@@ -9,4 +9,6 @@ specs for people composing their own pipelines.
 
 Only this subpackage imports `kfp`; the engine (`autocompress.*` outside `kfp/`) never does.
 """
-from .image import CPU_IMAGE, GPU_IMAGE, IMAGE_REPOSITORY  # noqa: F401  (kfp-free)
+from .image import CPU_IMAGE, GPU_IMAGE, IMAGE_REPOSITORY
+
+__all__ = ["CPU_IMAGE", "GPU_IMAGE", "IMAGE_REPOSITORY"]
