@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import traceback
@@ -25,10 +26,47 @@ def _print_result(summary: dict) -> None:
 
 
 def cmd_run(args) -> int:
-    from .runner import run_config
+    if args.in_process:
+        from .runner import run_config
 
-    summary = run_config(args.config, save_dir=args.save_dir, progress=not args.quiet)
-    _print_result(summary)
+        summary = run_config(args.config, save_dir=args.save_dir, progress=not args.quiet)
+        _print_result(summary)
+        return 0
+    from .kfp_runner import run_local
+
+    run = run_local(args.config, save_dir=args.save_dir, publish_uri=args.publish,
+                    progress="verbose" if args.verbose_stages else not args.quiet)
+    _print_result(run.summary)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .kfp_runner import compile_pipelines
+
+    for path in compile_pipelines(args.output_dir, image_repository=args.image_repository):
+        print(path)
+    return 0
+
+
+def _cluster_options(args) -> dict:
+    return {"host": args.host, "token": args.token, "namespace": args.namespace, "experiment": args.experiment,
+            "gpu": not args.cpu, "publish_uri": args.publish, "object_store_secret": args.object_store_secret,
+            "image_repository": args.image_repository}
+
+
+def cmd_submit(args) -> int:
+    from .kfp_runner import submit
+
+    result = submit(args.config, run_name=args.run_name, **_cluster_options(args))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from .kfp_runner import schedule
+
+    result = schedule(args.config, args.cron, job_name=args.job_name, **_cluster_options(args))
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -46,11 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="compress a model as described by a YAML run config")
+    run = sub.add_parser("run", help="compress a model as described by a YAML run config (runs the strategy's "
+                                     "pipeline locally with the KFP local runner)")
     run.add_argument("config", help="YAML file: Model, Data, Eval, Device, SaveDir + strategy configs")
     run.add_argument("--save-dir", help="overrides SaveDir")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--in-process", action="store_true",
+                     help="call the engine directly instead of running the pipeline (for debugging)")
+    run.add_argument("--publish", metavar="URI", help="also publish the final model + card to s3://... or minio://...")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--verbose-stages", action="store_true", help="echo every pipeline stage's full log")
     run.set_defaults(func=cmd_run)
+
+    compile_ = sub.add_parser("compile", help="write the pipelines' IR YAML (for the Kubeflow UI) to a folder")
+    compile_.add_argument("--output-dir", default="pipelines/compiled")
+    compile_.add_argument("--image-repository", help="component image repository (default: the released image)")
+    compile_.set_defaults(func=cmd_compile)
+
+    for verb, helptext, func in (("submit", "upload the pipeline as a new version and start a run", cmd_submit),
+                                 ("schedule", "create or replace a recurring run (scheduled retraining)",
+                                  cmd_schedule)):
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("config", help="YAML run config whose Model/Data are s3:// or minio:// URIs")
+        p.add_argument("--host", help="KFP endpoint (default: $KFP_HOST)")
+        p.add_argument("--token", help="bearer token (default: $KFP_TOKEN)")
+        p.add_argument("--namespace", help="Kubeflow namespace (default: $KFP_NAMESPACE or kubeflow)")
+        p.add_argument("--experiment", default="autocompress")
+        p.add_argument("--cpu", action="store_true", help="use the CPU pipeline variant (no GPU requests)")
+        p.add_argument("--publish", metavar="URI", help="where the export stage publishes the final model")
+        p.add_argument("--object-store-secret", help="Kubernetes Secret with the object-store credentials "
+                                                     "(default: mlpipeline-minio-artifact)")
+        p.add_argument("--image-repository", help="component image repository")
+        if verb == "submit":
+            p.add_argument("--run-name")
+        else:
+            p.add_argument("--cron", required=True, help="cron expression, 5 or 6 fields (e.g. '0 3 * * *')")
+            p.add_argument("--job-name", help="recurring run name; an existing one with this name is replaced")
+        p.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="compress the bundled digits CNN (real scikit-learn data), end to end")
     demo.add_argument("--save-dir", default="./autocompress-demo", help="where to write the results")
@@ -61,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # our own INFO lines only; libraries (kfp, paddle) speak up at WARNING
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("autocompress").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except AutoCompressError as err:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .paddle_names import LR_SCHEDULERS, OPTIMIZERS, QUANTIZABLE_OP_TYPES
 
 PTQ_ALGOS = ("KL", "hist", "mse", "avg", "abs_max")
 WEIGHT_QUANTIZE_TYPES = ("abs_max", "channel_wise_abs_max")
@@ -53,12 +54,10 @@ class QuantizationConfig(_Config):
 
     @model_validator(mode="after")
     def _op_types_known(self):
-        from .quant.op_types import SUPPORTED_QUANT_OPS  # paddle-free list of quantizable op types
-
-        unknown = [t for t in self.quantize_op_types if t not in SUPPORTED_QUANT_OPS]
+        unknown = [t for t in self.quantize_op_types if t not in QUANTIZABLE_OP_TYPES]
         if unknown:
             raise ValueError(
-                f"quantize_op_types has unknown op types {unknown}; allowed: {sorted(SUPPORTED_QUANT_OPS)}")
+                f"quantize_op_types has unknown op types {unknown}; allowed: {sorted(QUANTIZABLE_OP_TYPES)}")
         return self
 
 
@@ -258,12 +257,8 @@ class TrainConfig(_Config):
     @field_validator("optimizer")
     @classmethod
     def _optimizer(cls, v):
-        import paddle.optimizer as po
-
-        names = sorted(n for n in dir(po) if isinstance(getattr(po, n), type)
-                       and issubclass(getattr(po, n), po.Optimizer) and n != "Optimizer")
-        if v not in names:
-            raise ValueError(f"unknown optimizer {v!r}; allowed (paddle.optimizer): {names}")
+        if v not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; allowed (paddle.optimizer): {sorted(OPTIMIZERS)}")
         return v
 
     @field_validator("learning_rate")
@@ -274,13 +269,10 @@ class TrainConfig(_Config):
                 raise ValueError(f"must be a positive number, got {v}")
             return float(v)
         if isinstance(v, dict):
-            import paddle.optimizer.lr as plr
-
             kind = v.get("type")
-            if not (isinstance(kind, str) and isinstance(getattr(plr, kind, None), type)):
-                names = sorted(n for n in dir(plr) if isinstance(getattr(plr, n), type)
-                               and issubclass(getattr(plr, n), plr.LRScheduler) and n != "LRScheduler")
-                raise ValueError(f"a scheduler needs 'type' from paddle.optimizer.lr: {names}; got {kind!r}")
+            if kind not in LR_SCHEDULERS:
+                raise ValueError(f"a scheduler needs 'type' from paddle.optimizer.lr: {sorted(LR_SCHEDULERS)}; "
+                                 f"got {kind!r}")
             return v
         if type(v).__name__ and hasattr(v, "step") and hasattr(v, "get_lr"):
             return v  # an LRScheduler object passed through the API

@@ -209,9 +209,6 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     run = LocalRun(summary, save, root, name, wall)
     for line in stage_table(summary):
         echo(line)
-    echo(f"model:   {run.model_dir}")
-    echo(f"summary: {summary_path}")
-    echo(f"report:  {save / 'report.md'}")
     return run
 
 

@@ -1,7 +1,7 @@
 """Install the dependencies listed in pyproject.toml (plus extras), leaving some out.
 
 Used by Dockerfile.gpu: the official Paddle GPU image already has paddlepaddle-gpu, which pip does
-not count as `paddlepaddle`. Usage: python images/install_deps.py --extra kfp --skip paddlepaddle
+not count as `paddlepaddle`. Usage: python images/install_deps.py --skip paddlepaddle
 """
 import argparse
 import re

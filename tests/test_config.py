@@ -101,3 +101,28 @@ def test_train_config_rejected_for_ptq(tmp_path):
                     "TrainConfig: {epochs: 1}\n")
     with pytest.raises(ConfigError, match="does not train"):
         cfg.load_run_config(path)
+
+
+def test_static_paddle_names_match_the_installed_paddle():
+    import paddle.optimizer as po
+    import paddle.optimizer.lr as plr
+    from paddle.static.quantization.quant_config import SUPPORT_QUANTIZATION_OP_DICT
+
+    from autocompress import paddle_names
+
+    assert paddle_names.QUANTIZABLE_OP_TYPES == set(SUPPORT_QUANTIZATION_OP_DICT)
+    assert paddle_names.OPTIMIZERS == {n for n in dir(po) if isinstance(getattr(po, n), type)
+                                       and issubclass(getattr(po, n), po.Optimizer) and n != "Optimizer"}
+    assert paddle_names.LR_SCHEDULERS == {n for n in dir(plr) if isinstance(getattr(plr, n), type)
+                                          and issubclass(getattr(plr, n), plr.LRScheduler) and n != "LRScheduler"}
+
+
+def test_config_validation_does_not_import_paddle():
+    import subprocess
+    import sys
+
+    code = ("import sys, autocompress.config as c; c.load_run_config({'Model': {'model_dir': 'm'}, 'Data': {}, "
+            "'QuantizationConfig': {}, 'DistillationConfig': {}, 'TrainConfig': {'epochs': 1, 'optimizer': 'Adam'}}); "
+            "print('paddle' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
