@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import time
 from pathlib import Path
 
 from . import config as cfg
 from .errors import ConfigError, DataError
 from .paddle_env import DEFAULT_DEVICE, device_string, resolve_device
-from .summary import metric_drop, peak_rss_bytes, write_summary
+from .summary import peak_rss_bytes, write_summary
 
 log = logging.getLogger("autocompress")
 
@@ -143,39 +142,15 @@ class AutoCompression:
 
     def _measure(self, c: dict, result: dict, seconds: float) -> dict:
         """Evaluate and time the final model on the deployment backend, next to the original."""
-        from .backend import compare_latency, inference_predictor
-        from .model_io import read_metadata, summarize
+        from .measure import compare_models
 
         out_files = result["model_files"]
-        meta = read_metadata(out_files.model_dir) or {}
-        int8 = meta.get("precision") == "int8"
-        deployed = c["evaluator"](inference_predictor(out_files, int8=int8))
-        feed_shapes = {k: list(v.shape) for k, v in c["sample_feed"].items()}
-        before, after = summarize(self.model_files, feed_shapes), summarize(out_files, feed_shapes)
-        lat_before, lat_after = compare_latency([(self.model_files, False), (out_files, int8)], c["sample_feed"],
-                                                threads=self.latency_threads)
-        baseline = c["baseline"]
-        drop = metric_drop(baseline, deployed, self.eval_settings.drop_type)
-        warnings = list(result.get("warnings", []))
-        if lat_after > lat_before:
-            warnings.append(f"the compressed model is slower than the original on this machine "
-                            f"({lat_after:.3f} ms vs {lat_before:.3f} ms per sample, {self.latency_threads} thread(s)).")
+        compared = compare_models(self.model_files, out_files, c["evaluator"], c["baseline"], c["sample_feed"],
+                                  self.eval_settings, self.latency_threads)
         summary = {
             "strategy": self.combination,
             "metric_name": self.eval_settings.metric if _is_data(self.eval_callback) else "eval_callback",
-            "baseline_metric": baseline,
-            "metric": deployed,
-            "metric_drop": drop,
-            "budget": f"max {self.eval_settings.drop_type} drop {self.eval_settings.max_drop}",
-            "target_met": bool(math.isfinite(deployed) and drop <= self.eval_settings.max_drop + 1e-12),
-            "engine_metric": result.get("metric"),
-            "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
-            "param_bytes_before": before.get("param_bytes"), "param_bytes_after": after.get("param_bytes"),
-            "params_before": before.get("params"), "params_after": after.get("params"),
-            "flops_before": before.get("flops"), "flops_after": after.get("flops"),
-            "latency_ms_before": lat_before, "latency_ms_after": lat_after,
-            "latency_backend": f"Paddle Inference CPU{' oneDNN int8' if int8 else ''}, {self.latency_threads} thread(s), batch 1",
-            "precision": meta.get("precision", "fp32"),
+            **compared,
             "device": device_string(self.place),
             "model_dir": str(out_files.model_dir),
             "save_dir": str(self.save_dir),
@@ -183,21 +158,14 @@ class AutoCompression:
             "trials": result.get("trials", []),
             "curve": result.get("curve", []),
             "interrupted": bool(result.get("interrupted", False)),
-            "warnings": warnings,
             "seconds": seconds,
             "peak_rss_bytes": peak_rss_bytes(),
         }
-        if int8:
-            summary["deploy_note"] = (
-                "The model is int8 (quantize_linear/dequantize_linear format). It loads with a stock "
-                "`paddle.inference.Config`; for int8 speed on CPU call `config.enable_mkldnn()` and "
-                "`config.enable_mkldnn_int8()` (TensorRT int8 on GPU). Without the switch it runs correctly "
-                "but slower than FP32.")
+        summary["warnings"] = list(result.get("warnings", [])) + compared["warnings"]
         for key, value in result.items():
-            if key not in summary and key not in ("model_files",) and _jsonable(value):
+            if key not in summary and key != "model_files" and _jsonable(value):
                 summary[key] = value
         return summary
-
 
 def _is_data(obj) -> bool:
     """An eval_callback is eval data unless it is a plain function (the spec allows both)."""

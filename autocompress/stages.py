@@ -492,9 +492,12 @@ def distill_train(student_dir, teacher_dir, train_dir, eval_dir, config, dest, *
         elif combination == "sparse_distill":
             kwargs.update(unstructure_config=strategy["UnstructurePruneConfig"],
                           prune_config=strategy["UnstructurePruneConfig"], distill_config=strategy["DistillationConfig"])
-        else:  # distill, qat_distill, and prune_distill after the prune stage
+        elif combination == "prune_distill":  # the prune stage already ran; ASP masks are kept while training
+            kwargs.update(prune_config=strategy["PruneConfig"], distill_config=strategy["DistillationConfig"],
+                          pruned_input=True)
+        else:  # distill, qat_distill
             kwargs.update(distill_config=strategy["DistillationConfig"], quant_config=strategy.get("QuantizationConfig"))
-        engine = _engine("distill" if combination == "prune_distill" else combination)
+        engine = _engine(combination)
         result = _call(engine, **kwargs)
         out_meta = _meta(result["model_files"].model_dir)
         meta = {**out_meta, "strategy": combination, "parent": parent.get("parent"), "metric": result.get("metric"),
@@ -533,34 +536,20 @@ def evaluate(model_dir, baseline_dir, eval_dir, dest, *, metric: str = "top1", m
     """Measure the compressed model next to the original, where it will run (Paddle Inference), and
     write `summary.json` + `report.md` into `dest`. Returns the summary (plus a confusion matrix for
     labelled top1/top5 data, under `confusion_matrix`)."""
-    from .backend import inference_predictor, measure_latency
-    from .model_io import summarize
-    from .summary import metric_drop, peak_rss_bytes
+    from .measure import compare_models
+    from .summary import peak_rss_bytes
 
-    cfg.build(cfg.EvalSection, {"metric": metric, "max_drop": max_drop, "drop_type": drop_type}, "Eval")
+    settings = cfg.build(cfg.EvalSection, {"metric": metric, "max_drop": max_drop, "drop_type": drop_type}, "Eval")
     files, before_files = _files(model_dir), _files(baseline_dir)
     meta = _meta(model_dir)
     start = time.perf_counter()
-    int8 = meta.get("precision") == "int8"
     feed_names = _feed_names(before_files)
     evaluator, reference = _evaluator(before_files, eval_dir, metric, batch_size, feed_names)
-    compressed = inference_predictor(files, int8=int8)
-    baseline, value = evaluator(reference), evaluator(compressed)
+    baseline = evaluator(reference)
     source = _dataset(eval_dir, batch_size)
     first = source.first()
     sample = {k: v[:1] for k, v in first.feed.items()}
-    shapes = {k: list(v.shape) for k, v in sample.items()}
-    before, after = summarize(before_files, shapes), summarize(files, shapes)
-    lat_before = measure_latency(before_files, sample, int8=False, threads=latency_threads)
-    lat_after = measure_latency(files, sample, int8=int8, threads=latency_threads)
-    drop = metric_drop(baseline, value, drop_type)
-    warnings = []
-    if lat_after > lat_before:
-        warnings.append(f"the compressed model is slower than the original on this machine ({lat_after:.3f} ms vs "
-                        f"{lat_before:.3f} ms per sample, {latency_threads} thread(s)).")
-    if meta.get("metric") is not None and value is not None and abs(meta["metric"] - value) > 0.02:
-        warnings.append(f"the engine's metric ({meta['metric']:.4f}) and the deployed metric ({value:.4f}) differ; "
-                        "the summary reports the deployed one.")
+    compared = compare_models(before_files, files, evaluator, baseline, sample, settings, latency_threads)
     trials_path = Path(model_dir) / TRIALS_FILE
     curve_path = Path(model_dir) / "curve.json"
     record = {"stage": "evaluate", "seconds": round(time.perf_counter() - start, 3),
@@ -569,33 +558,18 @@ def evaluate(model_dir, baseline_dir, eval_dir, dest, *, metric: str = "top1", m
     summary = {
         "strategy": meta.get("strategy") or "unknown",
         "metric_name": metric,
-        "baseline_metric": baseline,
-        "metric": value,
-        "metric_drop": drop,
-        "budget": f"max {drop_type} drop {max_drop}",
-        "target_met": bool(math.isfinite(value) and drop <= max_drop + 1e-12),
-        "engine_metric": meta.get("metric"),
-        "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
-        "param_bytes_before": before.get("param_bytes"), "param_bytes_after": after.get("param_bytes"),
-        "params_before": before.get("params"), "params_after": after.get("params"),
-        "flops_before": before.get("flops"), "flops_after": after.get("flops"),
-        "latency_ms_before": lat_before, "latency_ms_after": lat_after,
-        "latency_backend": f"Paddle Inference CPU{' oneDNN int8' if int8 else ''}, {latency_threads} thread(s), batch 1",
-        "precision": meta.get("precision", "fp32"),
+        **compared,
         "device": device,
         "input_model": meta.get("parent"),
         "trials": json.loads(trials_path.read_text()) if trials_path.exists() else [],
         "curve": json.loads(curve_path.read_text()) if curve_path.exists() else [],
         "stages": stages,
-        "warnings": warnings,
         "seconds": round(sum(r["seconds"] for r in stages), 3),
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in stages),
     }
-    if int8:
-        summary["deploy_note"] = (
-            "The model is int8 (quantize_linear/dequantize_linear format). It loads with a stock "
-            "`paddle.inference.Config`; for int8 speed on CPU call `config.enable_mkldnn()` and "
-            "`config.enable_mkldnn_int8()` (TensorRT int8 on GPU). Without the switch it runs correctly but slower.")
+    from .backend import inference_predictor
+
+    compressed = inference_predictor(files, int8=compared["precision"] == "int8")
     confusion = _confusion(compressed, source, metric) if first.label is not None else None
     from .summary import write_summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("kfp", reason="the Kubeflow layer needs kfp (pip install 'autocompress[kfp]')")
@@ -137,3 +138,34 @@ def test_config_of_another_strategy_names_the_right_pipeline(loaded, tmp_path):
     with pytest.raises(ConfigError, match="run the distill pipeline"):
         c.calibrate.python_func(model=model, calib_data=calib, stats=art(dsl.Artifact, tmp_path, "s"),
                                 config='{"DistillationConfig": {}, "TrainConfig": {"epochs": 1}}')
+
+
+def test_asp_masks_survive_the_pipeline_training_stage(loaded, tmp_path):
+    """Regression: the pipeline's distill_train used to fine-tune an ASP model with the plain distill
+    engine, so the 2:4 zeros drifted away during training."""
+    from autocompress import model_io
+    from autocompress.paddle_env import legacy_ir
+    from autocompress.prune.asp import check_2_4, eligible
+    from autocompress.prune.masks import read_param
+
+    model, calib, evald = loaded
+    config = json.dumps({"PruneConfig": {"prune_algo": "asp"}, "DistillationConfig": {},
+                         "TrainConfig": {"train_iter": 8, "eval_iter": 4, "optimizer": "Adam", "learning_rate": 0.01}})
+    pruned, trained = art(dsl.Model, tmp_path, "pruned"), art(dsl.Model, tmp_path, "trained")
+    c.prune.python_func(model=model, config=config, pruned=pruned)
+    c.distill_train.python_func(student=pruned, teacher=model, train_data=calib, eval_data=evald, config=config,
+                                trained=trained, metrics=art(dsl.Metrics, tmp_path, "m"))
+    with legacy_ir():
+        out = model_io.load_model(model_io.locate_model(trained.path))
+        weights, _ = eligible(out.program)
+        assert weights, "the digits CNN has a fully-connected layer eligible for 2:4"
+        for name, use in weights.items():
+            assert check_2_4(read_param(out.scope, name), use) == 1.0, name
+    # the newest training checkpoint holds trained weights whatever step was best: 2:4 holds there too
+    last = next(Path(trained.path + ".checkpoints").rglob("last"))
+    state = json.loads((last / "state.json").read_text())
+    assert state["step"] == 8
+    with np.load(last / "arrays.npz", allow_pickle=False) as arrays:
+        for name, use in weights.items():
+            w = arrays[f"a{state['array_names'].index(name)}"]
+            assert check_2_4(w, use) == 1.0, name
