@@ -105,6 +105,11 @@ def render_report(s: dict) -> str:
         parts += ["", "## Deployment", "", s["deploy_note"]]
     for warning in s.get("warnings", []):
         parts += ["", f"**Warning:** {warning}"]
+    stages = s.get("stages") or []
+    if stages:
+        parts += ["", "## Stages", "", "| stage | seconds | peak RSS |", "|---|---|---|"]
+        parts += [f"| {r.get('stage')} | {r.get('seconds', 0):.2f} | {_fmt(r.get('peak_rss_bytes'), 'bytes')} |"
+                  for r in stages]
     trials = s.get("trials") or []
     if trials:
         parts += ["", "## Trials", "", "| # | config | simulated metric | deployed metric | seconds |", "|---|---|---|---|---|"]

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from autocompress.summary import REQUIRED_FIELDS, metric_drop, render_report, write_summary
+
+
+def _summary(**extra):
+    base = {k: 1 for k in REQUIRED_FIELDS}
+    base.update(strategy="ptq_hpo", baseline_metric=0.99, metric=0.985, metric_drop=0.005, target_met=True,
+                size_bytes_before=4096, size_bytes_after=1024, latency_ms_before=2.0, latency_ms_after=1.0,
+                params_before=100, params_after=100, flops_before=1000, flops_after=1000, seconds=3.5,
+                peak_rss_bytes=1 << 30)
+    base.update(extra)
+    return base
+
+
+def test_metric_drop_absolute_and_relative():
+    assert metric_drop(0.8, 0.78) == pytest.approx(0.02)
+    assert metric_drop(0.8, 0.78, "relative") == pytest.approx(0.025)
+
+
+def test_report_shows_numbers_stages_and_trials(tmp_path):
+    s = _summary(stages=[{"stage": "calibrate", "seconds": 1.25, "peak_rss_bytes": 300 << 20}],
+                 trials=[{"config": {"ptq_algo": "KL"}, "metric": 0.985, "deployed_metric": 0.98, "seconds": 0.5}])
+    write_summary(tmp_path, s)
+    report = (tmp_path / "report.md").read_text()
+    assert "| size on disk | 4.0 KiB | 1.0 KiB | 0.25x |" in report
+    assert "| latency (Paddle Inference) | 2.000 ms | 1.000 ms | 0.50x |" in report
+    assert "| calibrate | 1.25 | 300.00 MiB |" in report
+    assert "| 0 | ptq_algo=KL | 0.9850 | 0.9800 | 0.50 |" in report
+    assert json.loads((tmp_path / "summary.json").read_text())["metric"] == 0.985
+
+
+def test_missing_field_is_refused(tmp_path):
+    s = _summary()
+    del s["latency_ms_after"]
+    with pytest.raises(ValueError, match="latency_ms_after"):
+        write_summary(tmp_path, s)
+    assert not (tmp_path / "summary.json").exists()
