@@ -122,7 +122,7 @@ class Evaluator:
             else:
                 target = batch.label
             acc.update(outputs, target)
-        return _finite(acc.result(), f"metric {self.metric.name}")
+        return finite_metric(acc.result(), f"metric {self.metric.name}")
 
     def _reference(self, feed: dict, outputs) -> list:
         """The original model's outputs for this batch, computed once and cached by feed content
@@ -147,7 +147,7 @@ class Evaluator:
         except Exception as err:
             raise EvalError(f"eval_callback {_name(self.callback)} failed: {type(err).__name__}: {err}. "
                             "Fix the callback (run it once on the original model to check it)") from err
-        return _finite(value, f"eval_callback {_name(self.callback)}")
+        return finite_metric(value, f"eval_callback {_name(self.callback)}")
 
 
 def compact_reference(outputs) -> list:
@@ -246,7 +246,7 @@ def _feed_key(feed: dict) -> str:
     return h.hexdigest()
 
 
-def _finite(value, what: str) -> float:
+def finite_metric(value, what: str) -> float:
     if isinstance(value, (list, tuple, dict, str, bytes)) or value is None:
         raise EvalError(f"{what} returned {type(value).__name__} {value!r:.80}; it must return one float "
                         "(higher is better)")

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..evaluation import finite_metric
 from ..errors import AutoCompressError, EvalError, TrainingError  # noqa: F401 (TrainingError re-exported)
 
 
@@ -39,7 +40,4 @@ def evaluate_checked(evaluator, predict, what: str) -> float:
     except Exception as err:
         raise EvalError(f"the eval callback raised while evaluating {what}: {type(err).__name__}: {err}. "
                         "Fix the callback (it gets predict(feed_dict) -> list of numpy outputs).") from err
-    if value is None or not math.isfinite(float(value)):
-        raise EvalError(f"the eval callback returned {value!r} for {what}; it must return a finite float "
-                        "(higher is better)")
-    return float(value)
+    return finite_metric(value, f"the evaluation of {what}")

@@ -83,15 +83,6 @@ def _check_origin_metric(tc: TrainConfig, baseline: float) -> None:
             "check its preprocessing, labels and metric, or correct origin_metric.")
 
 
-def _steps_limit(tc: TrainConfig) -> None:
-    if tc.epochs is None and tc.train_iter is None:
-        raise ConfigError("TrainConfig needs epochs or train_iter (how long to train); e.g. epochs: 3")
-    for key in ("epochs", "train_iter"):
-        value = getattr(tc, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"TrainConfig.{key} must be >= 1, got {value}")
-
-
 def train_program(student, teachers: list[TeacherSpec], train_source, evaluator, train_config,
                   save_dir, place=None, *, merge_feed: bool = True, quant_config=None,
                   after_step: Optional[Callable[[StepContext], None]] = None, freeze_bn: bool = False,
@@ -112,7 +103,6 @@ def train_program(student, teachers: list[TeacherSpec], train_source, evaluator,
 
     t_start = time.time()
     tc = build(TrainConfig, train_config, "TrainConfig")
-    _steps_limit(tc)
     if not teachers:
         raise ConfigError("distillation needs at least one teacher")
     place = place if place is not None else paddle.CPUPlace()
