@@ -11,7 +11,7 @@ from .errors import AutoCompressError
 from .version import __version__
 
 
-def _print_result(summary: dict) -> None:
+def _print_result(summary: dict, paths: bool = True) -> None:
     from .summary import comparison_rows, render_table
 
     print()
@@ -19,6 +19,8 @@ def _print_result(summary: dict) -> None:
     status = "met" if summary["target_met"] else "NOT met"
     print(f"\nbudget: {summary.get('budget')} -> target {status}; {summary['seconds']:.1f} s, "
           f"peak RSS {summary['peak_rss_bytes'] / (1 << 20):.0f} MiB")
+    if not paths:  # the pipeline runner already said where everything is
+        return
     print(f"model:   {summary['model_dir']}")
     save_dir = summary.get("save_dir")
     if save_dir:
@@ -36,7 +38,7 @@ def cmd_run(args) -> int:
 
     run = run_local(args.config, save_dir=args.save_dir, publish_uri=args.publish,
                     progress="verbose" if args.verbose_stages else not args.quiet)
-    _print_result(run.summary)
+    _print_result(run.summary, paths=args.quiet)
     return 0
 
 

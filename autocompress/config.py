@@ -73,6 +73,10 @@ class HyperParameterOptimizationConfig(_Config):
     search_algo: Literal["tpe", "random", "grid"] = "tpe"
     seed: int = 0
     finalists: int = Field(3, description="best trials re-evaluated on the deployment backend")
+    fp32_fallback: Optional[int] = Field(
+        None, description="at most this many int8 layers may be kept in FP32 when the deployed metric misses "
+                          "the target; 0 = off; None = automatic (only when a target is missed, cap 10% of "
+                          "the int8 layers). See autocompress/quant/fallback.py")
 
     @field_validator("ptq_algo")
     @classmethod
@@ -111,6 +115,13 @@ class HyperParameterOptimizationConfig(_Config):
     def _count(cls, v):
         if v < 1:
             raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("fp32_fallback")
+    @classmethod
+    def _fallback(cls, v):
+        if v is not None and v < 0:
+            raise ValueError(f"must be >= 0 (0 = off, N = at most N layers in FP32) or null (automatic), got {v}")
         return v
 
     @field_validator("ptq_algo", "bias_correct", "weight_quantize_type", "hist_percent", "batch_size",

@@ -121,6 +121,9 @@ def _check_location(location: str, what: str) -> None:
 
     if not storage.is_remote(location) and "://" in location:
         raise ConfigError(f"{what}: {location} uses an unsupported scheme; use a local path, s3:// or minio://")
+    if "://" not in location and not Path(location).exists():
+        # fail before the pipeline starts: the load stages retry (for flaky object stores) with backoff
+        raise ConfigError(f"{what}: {location} does not exist")
 
 
 # ---- local runs ---------------------------------------------------------------------------------
@@ -209,6 +212,9 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     run = LocalRun(summary, save, root, name, wall)
     for line in stage_table(summary):
         echo(line)
+    echo(f"model:   {run.model_dir}")
+    echo(f"summary: {summary_path}")
+    echo(f"report:  {save / 'report.md'}")
     return run
 
 

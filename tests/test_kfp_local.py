@@ -12,6 +12,7 @@ import yaml
 pytest.importorskip("kfp", reason="the Kubeflow layer needs kfp (pip install 'autocompress[kfp]')")
 
 from autocompress import kfp_runner  # noqa: E402
+from autocompress.errors import ConfigError  # noqa: E402
 
 TRAIN = {"train_iter": 4, "eval_iter": 2, "learning_rate": 0.001, "optimizer": "Momentum"}
 STRATEGIES = {
@@ -86,11 +87,24 @@ def test_local_pipeline_end_to_end(tmp_path, combination, digits_files, data, ha
     assert Path(s["pipeline_log"]).exists()
 
 
-def test_failed_stage_is_a_clear_error(tmp_path, digits_files, data):
+def test_missing_local_input_fails_before_the_pipeline_starts(tmp_path, digits_files, data):
     cfg = _config(tmp_path, "distill", digits_files.model_dir, data, evald=str(tmp_path / "missing-eval"))
-    with pytest.raises(kfp_runner.KFPError, match="load-data|missing-eval") as info:
+    with pytest.raises(ConfigError, match="eval_data_uri: .*missing-eval does not exist"):
         kfp_runner.run_local(cfg, echo=lambda line: None)
-    assert "end of the log" in str(info.value)
+    assert not (tmp_path / "out" / "pipeline-root").exists()
+
+
+def test_failed_stage_is_a_clear_error(tmp_path, digits_files, data, digits_data):
+    """A stage that fails inside the pipeline (calibration data whose feed is not the model's input)
+    is reported with the stage's own error and the end of its log."""
+    from autocompress.data.dataset import write_dataset
+
+    x, _ = digits_data["calib"]
+    write_dataset(tmp_path / "wrong-feed", {"image": x[:64]})
+    cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, train=str(tmp_path / "wrong-feed"))
+    with pytest.raises(kfp_runner.KFPError, match="calibrate") as info:
+        kfp_runner.run_local(cfg, echo=lambda line: None)
+    assert "end of the log" in str(info.value) and "image" in str(info.value)
 
 
 def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_files, data):

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .targets import QuantTargets
 from .weights import quantize_weight, weight_scales
 
@@ -37,16 +37,24 @@ def quantize_model(model, thresholds: dict[str, float], targets: QuantTargets, b
     return QuantTemplate(model, targets, bits, weight_quantize_type, place).instantiate(thresholds, bias_correct)
 
 
+FP32_MARK = "ac_keep_fp32"  # name-scope marker of the layers kept in FP32 (FP32 fallback, quant/fallback.py)
+
+
 class QuantTemplate:
-    """The quantized program for one (model, targets, bits, weight_quantize_type), built once.
+    """The quantized program for one (model, targets, bits, weight_quantize_type, fp32_layers), built once.
 
     Paddle's passes are slow (AddQuantDequantForInferencePass is quadratic in the graph size: ~5 s
     on PP-OCRv4 rec) but a trial only changes numbers: the `<tensor>@scale` values and the int
     weights. So the passes run once with placeholder scales and each trial fills a fresh scope.
+
+    fp32_layers: layer keys (`targets.layer_key`) to keep in FP32 on top of `not_quant_pattern`.
+    Every skipped op gets the integer attribute `skip_quant = 1`, the one oneDNN's
+    cpu_quantize_placement_pass honours; without it oneDNN would still run the op in int8 from the
+    scales its neighbours' observers leave on its input and output.
     """
 
     def __init__(self, model, targets: QuantTargets, bits: int = 8,
-                 weight_quantize_type: str = "channel_wise_abs_max", place=None):
+                 weight_quantize_type: str = "channel_wise_abs_max", place=None, fp32_layers=()):
         import paddle
         from paddle.base.framework import IrGraph
         from paddle.framework import core
@@ -57,16 +65,21 @@ class QuantTemplate:
 
         self.model, self.targets, self.bits = model, targets, bits
         self.place = place or paddle.CPUPlace()
+        self.fp32_layers = list(fp32_layers)
         build_scope = _copy_params(model, self.place)
-        graph = IrGraph(core.Graph(model.program.clone(for_test=True).desc), for_test=True)
+        clone = model.program.clone(for_test=True)
+        skip = list(targets.skip_patterns)
+        fp32_tensors = _mark_fp32(clone, self.fp32_layers) if self.fp32_layers else set()
+        if fp32_tensors or self.fp32_layers:
+            skip.append(FP32_MARK)
+        graph = IrGraph(core.Graph(clone.desc), for_test=True)
         passes = [
             QuantizationTransformPassV2(scope=build_scope, place=self.place, weight_bits=bits,
                                         activation_bits=bits, activation_quantize_type="range_abs_max",
                                         weight_quantize_type=weight_quantize_type,
-                                        skip_pattern=targets.skip_patterns,
-                                        quantizable_op_type=targets.weight_op_types),
+                                        skip_pattern=skip, quantizable_op_type=targets.weight_op_types),
             AddQuantDequantPassV2(scope=build_scope, place=self.place, quant_bits=bits,
-                                  skip_pattern=targets.skip_patterns, quantizable_op_type=targets.act_op_types),
+                                  skip_pattern=skip, quantizable_op_type=targets.act_op_types),
         ]
         with _quiet_tqdm():
             for p in passes:
@@ -83,7 +96,9 @@ class QuantTemplate:
         # QuantWeightPass only rewires here (weights -> dequantize_linear); values are set per trial
         QuantWeightPass(build_scope, self.place, quant_bits=bits, save_int_weight=False).apply(graph)
         observers = targets.weight_op_types + targets.act_op_types + targets.observer_op_types
-        placeholder = {name: 1.0 for name in targets.activations}
+        # no observer scale on the FP32 layers' inputs/outputs: oneDNN fuses some ops into new ones
+        # that drop skip_quant (matmul_v2 + add -> fc), and an op without an input scale stays FP32
+        placeholder = {name: 1.0 for name in targets.activations if name not in fp32_tensors}
         out_scales = AddQuantDequantForInferencePass(scope=build_scope, place=self.place, quant_bits=bits,
                                                      quantizable_op_type=observers,
                                                      calibration_range_dict=placeholder)
@@ -93,6 +108,7 @@ class QuantTemplate:
                 out_scales.apply(sub)
         self.program = graph.to_program()
         utils.move_persistable_var_to_global_block(self.program)
+        _int_skip_quant(self.program)
         # classify the quantized program's persistables: weight scales, activation scales, the rest
         self.weight_scale_vars, self.act_scale_vars, self.fixed = {}, {}, {}
         params = set(persistable_names(model.program))
@@ -143,6 +159,43 @@ class QuantTemplate:
             put(name, np.array([thresholds[tensor]], np.float32))
         return QuantizedModel(self.program, scope, list(self.model.feed_names), list(self.model.fetch_names),
                               self.scales, dict(thresholds))
+
+
+def _mark_fp32(program, keys) -> set[str]:
+    """Append FP32_MARK to the name scope of the ops named by `keys` (on the clone only), so the
+    passes' own skip_pattern leaves them in FP32. Returns their non-persistable input and output
+    tensors. Raises ConfigError naming unknown keys."""
+    from paddle.static.quantization import utils
+
+    from .targets import layer_key
+
+    wanted, found, tensors = set(keys), set(), set()
+    for block in program.blocks:
+        for op in block.ops:
+            key = layer_key(op)
+            if key in wanted:
+                scope = op.attr("op_namescope") if op.has_attr("op_namescope") else ""
+                op._set_attr("op_namescope", f"{scope or '/'}{FP32_MARK}/")
+                found.add(key)
+                for name in utils._get_op_input_var_names(op) + utils._get_op_output_var_names(op):
+                    if block.has_var(name) and not block.var(name).persistable:
+                        tensors.add(name)
+    missing = sorted(wanted - found)
+    if missing:
+        raise ConfigError(f"fp32 layers {missing[:5]} are not ops of this model; take the names from "
+                          "quant.targets.int8_layers on the same model")
+    return tensors
+
+
+def _int_skip_quant(program) -> None:
+    """The passes mark skipped ops with a *bool* `skip_quant`; oneDNN reads it as an int (== 1) and
+    ignores the bool, so rewrite it as int 1 (otherwise not_quant ops would still run in int8). The
+    FP32 fallback's ops that are no quantizable type (pool2d, elementwise_add...) get it here too."""
+    for block in program.blocks:
+        for op in block.ops:
+            marked = op.has_attr("op_namescope") and FP32_MARK in (op.attr("op_namescope") or "")
+            if marked or (op.has_attr("skip_quant") and op.attr("skip_quant")):
+                op._set_attr("skip_quant", 1)
 
 
 def _copy_params(model, place):

@@ -27,8 +27,12 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     callable of feed dicts. evaluator: `evaluate(predict, limit=None) -> float`, higher is better.
     stats: statistics from an earlier `calibrate` stage (skips calibration). deploy_eval: re-evaluate
     the finalists with Paddle Inference + oneDNN int8 (default: when deploy_backend is 'onednn').
-    Returns {model_files, metric, simulated_metric, deployed_metric, baseline_metric,
-    baseline_deployed_metric, best_config, trials, target_met, interrupted, seconds, calibration_seconds}.
+    After the finalists, the FP32 fallback (quant/fallback.py, `hpo_config.fp32_fallback`) may keep the
+    most sensitive layers in FP32 until the deployed metric meets `target_metric`.
+    Returns {model_files, metric, simulated_metric, deployed_metric (of the saved model),
+    int8_deployed_metric (before the fallback), fp32_layers, fallback_steps, fallback_seconds, warnings,
+    baseline_metric, baseline_deployed_metric, best_config, trials, target_met, interrupted, seconds,
+    calibration_seconds}.
     """
     from ..model_io import InputGuard, load_model, require_legacy
     from ..paddle_env import legacy_ir
@@ -61,6 +65,10 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
             _search(runner, space, hcfg, evaluator, state, progress)
             if deploy_eval and state.best is not None:
                 _finalists(runner, state, evaluator, hcfg.finalists, threads)
+                _fallback(runner, state, evaluator, hcfg.fp32_fallback, target_metric, threads, progress)
+            elif hcfg.fp32_fallback:
+                state.warnings.append("fp32_fallback needs the deployed metric, but deploy_eval is off (or the "
+                                      "eval_callback has the PaddleSlim signature); the model stays fully int8")
         except KeyboardInterrupt:
             state.interrupted = True
         finally:
@@ -100,6 +108,8 @@ class _SearchState:
         self.baseline_deployed = None
         self.interrupted = False
         self.model_files = None
+        self.fallback_seconds = 0.0
+        self.warnings: list[str] = []
 
     def record(self, trial: Trial, qmodel) -> None:
         self.trials.append(trial)
@@ -109,12 +119,14 @@ class _SearchState:
             self.model_files = self.save(trial, qmodel, self.save_dir / MODEL_SUBDIR)
         self.write_trials()
 
-    def save(self, trial: Trial, qmodel, out_dir):
+    def save(self, trial: Trial, qmodel, out_dir, fp32_layers=None, metric=None):
         from .apply import save_quantized
 
+        if metric is None:
+            metric = trial.deployed_metric if trial.deployed_metric is not None else trial.metric
         return save_quantized(qmodel, self.model, out_dir, {
-            "strategy": "ptq_hpo", "metric": trial.deployed_metric if trial.deployed_metric is not None
-            else trial.metric, "ptq_config": trial.config.to_dict()})
+            "strategy": "ptq_hpo", "metric": metric, "ptq_config": trial.config.to_dict(),
+            "fp32_layers": list(fp32_layers if fp32_layers is not None else trial.fp32_layers)})
 
     def write_trials(self) -> None:
         write_json_atomic(self.save_dir / TRIALS_FILE, {
@@ -125,10 +137,15 @@ class _SearchState:
 
     def result(self, target_metric) -> dict:
         sel = self.selected
-        metric = None if sel is None else (sel.deployed_metric if sel.deployed_metric is not None else sel.metric)
+        deployed = sel.final_deployed_metric if sel else None
+        metric = None if sel is None else (deployed if deployed is not None else sel.metric)
         return {"model_files": self.model_files, "metric": metric,
                 "simulated_metric": sel.metric if sel else None,
-                "deployed_metric": sel.deployed_metric if sel else None,
+                "deployed_metric": deployed,
+                "int8_deployed_metric": sel.deployed_metric if sel else None,
+                "fp32_layers": list(sel.fp32_layers) if sel else [],
+                "fallback_steps": list(sel.fallback_steps) if sel else [],
+                "fallback_seconds": self.fallback_seconds, "warnings": list(self.warnings),
                 "baseline_metric": self.baseline, "baseline_deployed_metric": self.baseline_deployed,
                 "best_config": sel.config.to_dict() if sel else None,
                 "trials": [t.to_dict() for t in self.trials],
@@ -187,6 +204,36 @@ def _finalists(runner: TrialRunner, state: _SearchState, evaluator, count: int, 
     state.selected = best
     # the selected finalist becomes the saved model, with its deployed metric in the metadata
     state.model_files = state.save(best, runner.build(best.config), state.save_dir / MODEL_SUBDIR)
+
+
+def _fallback(runner: TrialRunner, state: _SearchState, evaluator, setting, target_metric, threads: int,
+              progress: bool) -> None:
+    """Keep sensitive layers of the selected finalist in FP32 when its deployed metric misses the target."""
+    from .fallback import WORK_SUBDIR, fallback_plan, run_fallback, summary_line
+    from .predict import inference_predictor
+    from .targets import int8_layers
+
+    trial = state.selected
+    plan = fallback_plan(setting, len(int8_layers(runner.model.program, runner.targets)), trial.deployed_metric,
+                         target_metric, state.baseline_deployed)
+    if plan is None:
+        return
+
+    def measure(files):
+        return call_evaluator(evaluator, inference_predictor(files, int8=True, threads=threads))
+
+    def save(qmodel, out_dir):
+        return state.save(trial, qmodel, out_dir, fp32_layers=[])
+
+    info = run_fallback(runner, trial, measure, save, plan, state.save_dir / WORK_SUBDIR, progress)
+    state.fallback_seconds = info["seconds"]
+    trial.fallback_steps = info["steps"]
+    state.warnings.append(summary_line(info, trial.deployed_metric))
+    if info["fp32_layers"]:
+        trial.fp32_layers, trial.fallback_metric = info["fp32_layers"], info["metric"]
+        state.model_files = state.save(trial, info["qmodel"], state.save_dir / MODEL_SUBDIR,
+                                       metric=info["metric"])
+    state.write_trials()
 
 
 def _bar(progress: bool, total: int):

@@ -53,11 +53,21 @@ class Trial:
     seconds: float = 0.0
     status: str = "ok"              # ok | failed
     error: str | None = None
+    # FP32 fallback (quant/fallback.py), on the selected finalist only
+    fp32_layers: list[str] = dataclasses.field(default_factory=list)
+    fallback_metric: float | None = None    # deployed metric with fp32_layers in FP32
+    fallback_steps: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def final_deployed_metric(self) -> float | None:
+        return self.fallback_metric if self.fp32_layers else self.deployed_metric
 
     def to_dict(self) -> dict:
         return {"index": self.index, "config": self.config.to_dict(), "calib_samples": self.samples,
                 "metric": self.metric, "deployed_metric": self.deployed_metric,
-                "seconds": round(self.seconds, 3), "status": self.status, "error": self.error}
+                "seconds": round(self.seconds, 3), "status": self.status, "error": self.error,
+                "fp32_layers": list(self.fp32_layers), "fallback_metric": self.fallback_metric,
+                "fallback_steps": list(self.fallback_steps)}
 
 
 class TrialRunner:
@@ -73,10 +83,18 @@ class TrialRunner:
                 self.model, self.targets, self.bits, weight_quantize_type, self.place)
         return self._templates[weight_quantize_type]
 
-    def build(self, config: TrialConfig):
-        thresholds = compute_thresholds(self.stats, config.ptq_algo, config.samples, config.hist_percent,
-                                        self.bits)
-        return self.template(config.weight_quantize_type).instantiate(thresholds, bool(config.bias_correct))
+    def thresholds(self, config: TrialConfig) -> dict[str, float]:
+        return compute_thresholds(self.stats, config.ptq_algo, config.samples, config.hist_percent, self.bits)
+
+    def build(self, config: TrialConfig, fp32_layers=()):
+        """The trial's quantized model; `fp32_layers` (layer keys) stay FP32 in a one-off template
+        (not cached: each FP32 fallback step has its own program)."""
+        if fp32_layers:
+            template = QuantTemplate(self.model, self.targets, self.bits, config.weight_quantize_type,
+                                     self.place, fp32_layers=fp32_layers)
+        else:
+            template = self.template(config.weight_quantize_type)
+        return template.instantiate(self.thresholds(config), bool(config.bias_correct))
 
     def context(self, qmodel):
         """What a PaddleSlim-style `(exe, program, feed_names, fetch_targets)` callback runs: this trial."""

@@ -85,3 +85,52 @@ def find_targets(program, quant_config) -> QuantTargets:
                 for name in utils._get_op_output_var_names(op):
                     add_act(block, name)
     return QuantTargets(weight_ops, act_ops, observer_ops, patterns, list(activations), weights)
+
+
+def layer_key(op) -> str:
+    """A stable, readable name for one op: `type(first output)`, e.g. `conv2d(conv2d_5.tmp_0)`.
+    Output names are unique in a static program, so the key survives program clones."""
+    from paddle.static.quantization import utils
+
+    outs = utils._get_op_output_var_names(op)
+    return f"{op.type}({outs[0] if outs else ''})"
+
+
+# Op types oneDNN's cpu_quantize_placement_pass may run in int8 once their input has a scale
+# (paddle/fluid/framework/ir/onednn/cpu_quantize_placement_pass.cc, pre-fusion names). The deployed
+# model quantizes these even where the simulated one only observes, which is where the two disagree.
+ONEDNN_INT8_OP_TYPES = ("concat", "conv2d", "depthwise_conv2d", "elementwise_add", "elementwise_mul",
+                        "elementwise_sub", "fc", "matmul", "matmul_v2", "mul", "nearest_interp",
+                        "nearest_interp_v2", "pool2d", "prior_box", "reshape2", "transpose2", "slice", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    key: str
+    op_type: str
+    quantized: bool          # True: the template quantizes it; False: only oneDNN does (observer scales)
+    activations: list[str]   # float inputs with a threshold
+    weights: list[str]       # quantized weights
+    outputs: list[str]       # outputs with an observer scale (oneDNN requantizes them)
+
+
+def int8_layers(program, targets: QuantTargets) -> list[Layer]:
+    """The ops that run in int8 on the deployment backend, in program order: those the template
+    quantizes (weight/activation op types, not skipped) and the oneDNN int8 op types whose inputs
+    carry a scale. These are the candidates the FP32 fallback may keep in FP32."""
+    from paddle.static.quantization import utils
+
+    acts, layers = set(targets.activations), []
+    for block in program.blocks:
+        for op in block.ops:
+            if is_skipped(op, targets.skip_patterns):
+                continue
+            quantized = op.type in targets.weight_op_types or op.type in targets.act_op_types
+            ins = utils._get_op_input_var_names(op)
+            act_ins = [n for n in ins if n in acts]
+            if not quantized and not (op.type in ONEDNN_INT8_OP_TYPES and act_ins):
+                continue
+            layers.append(Layer(layer_key(op), op.type, quantized, act_ins,
+                                [n for n in ins if n in targets.weights] if quantized else [],
+                                [n for n in utils._get_op_output_var_names(op) if n in acts]))
+    return layers
