@@ -121,9 +121,7 @@ def _check_location(location: str, what: str) -> None:
 
     if not storage.is_remote(location) and "://" in location:
         raise ConfigError(f"{what}: {location} uses an unsupported scheme; use a local path, s3:// or minio://")
-    if "://" not in location and not Path(location).exists():
-        # fail before the pipeline starts: the load stages retry (for flaky object stores) with backoff
-        raise ConfigError(f"{what}: {location} does not exist")
+
 
 
 # ---- local runs ---------------------------------------------------------------------------------
@@ -167,6 +165,11 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     endpoint = os.environ.get("S3_ENDPOINT") or os.environ.get("MINIO_ENDPOINT") or ""
     name, args = pipeline_arguments(rc, gpu=False, publish_uri=publish_uri or str(save), trial_shards=trial_shards,
                                     s3_endpoint=endpoint)
+    for key, location in args.items():
+        # fail before the pipeline starts: the load stages retry (for flaky object stores) with backoff
+        if key.endswith("_uri") and key != "publish_uri" and location and "://" not in location \
+                and not Path(location).exists():
+            raise ConfigError(f"{key}: {location} does not exist")
     pipeline = _pipelines().by_name(name)
     save.mkdir(parents=True, exist_ok=True)
     echo(f"autocompress: running the {name} pipeline locally ({len(pipeline.pipeline_spec.root.dag.tasks)} "
