@@ -183,8 +183,10 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
         except RuntimeError as err:
             stream.close_log()
             tail = _log_tail(log_path)
+            cause = _stage_error(log_path)
             raise KFPError(f"the local {name} pipeline failed: {_first_line(_strip_ansi(str(err)))}\n"
-                           f"--- end of the log ({log_path}) ---\n{tail}") from None
+                           + (f"{cause}\n" if cause else "")
+                           + f"--- end of the log ({log_path}) ---\n{tail}") from None
     wall = time.perf_counter() - start
     if publish_uri:  # the pipeline published to the URI; the deliverable also lands in save_dir
         exported = sorted(root.glob("*/export/exported"), key=lambda p: p.stat().st_mtime)
@@ -319,6 +321,20 @@ class _StageProgress(io.TextIOBase):
             self.echo(f"  {'ok' if m.group(2) == 'SUCCESS' else m.group(2)} {m.group(1)} ({took:.1f} s)")
         elif m := _SKIPPED.search(plain):
             self.echo(f"  skipped {m.group(1)} (an upstream stage failed)")
+
+
+def _stage_error(path: Path) -> str | None:
+    """The failing stage's own error line (e.g. `autocompress.errors.DataError: ...`): stages run in
+    parallel, so the end of the log often belongs to a sibling that finished later."""
+    failed, last_error = None, None
+    for line in _strip_ansi(path.read_text(errors="replace")).splitlines():
+        m = re.match(r"\s*((?:\w+\.)*\w*(?:Error|Exception|Interrupt)): (.*)", line)
+        if m:
+            last_error = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+        m = re.search(r"Task '([^']+)' finished with status FAILURE", line)
+        if m and failed is None:
+            failed = f"stage {m.group(1)} failed with {last_error}" if last_error else f"stage {m.group(1)} failed"
+    return failed
 
 
 def _log_tail(path: Path, lines: int = 40) -> str:
