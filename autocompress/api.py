@@ -102,17 +102,19 @@ class AutoCompression:
         from .paddle_env import legacy_ir
 
         with legacy_ir():
-            feed_names = load_model(self.model_files).feed_names
-        train_source = FeedSource.from_any(self.train_dataloader, feed_names)
-        calib_source = (FeedSource.from_any(self.calib_dataloader, feed_names)
-                        if self.calib_dataloader is not None else train_source)
+            model = load_model(self.model_files)
+            # bound to the model: feed names and shapes checked, dtypes cast, before any work
+            train_source = FeedSource.for_model(self.train_dataloader, model)
+            calib_source = (FeedSource.for_model(self.calib_dataloader, model)
+                            if self.calib_dataloader is not None else train_source)
+        feed_names = model.feed_names
         fp32_predict = inference_predictor(self.model_files, int8=False)
         evaluator = build_evaluator(
             eval_callback=None if _is_data(self.eval_callback) else self.eval_callback,
             eval_data=self.eval_callback if _is_data(self.eval_callback) else None,
             metric=self.eval_settings.metric, feed_names=feed_names, reference_predict=fp32_predict)
         baseline = evaluator(fp32_predict)
-        first = next(iter(calib_source.batches(limit=1)))
+        first = calib_source.first()
         sample_feed = {k: v[:1] for k, v in first.feed.items()}
         log.info("baseline %s of the original model: %.4f", self.eval_settings.metric, baseline)
         return {"feed_names": feed_names, "train_source": train_source, "calib_source": calib_source,

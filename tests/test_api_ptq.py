@@ -123,3 +123,13 @@ def test_eval_function_receives_predictions(digits_copy, digits_data, tmp_path):
     summary = _make(digits_copy, tmp_path / "out", digits_data, eval_callback=my_accuracy).compression()
     assert seen[0] == (len(eval_x), 10)
     assert summary["metric_name"] == "eval_callback" and summary["baseline_metric"] > 0.95
+
+
+def test_data_that_does_not_fit_the_model(digits_copy, digits_data, tmp_path):
+    wrong_shape = FeedSource.from_arrays({"x": np.zeros((8, 1, 9, 9), "float32")}, batch_size=4)
+    with pytest.raises(DataError, match="shape"):
+        _make(digits_copy, tmp_path / "out", digits_data, train=wrong_shape).compression()
+    wrong_name = FeedSource.from_arrays({"image": np.zeros((8, 1, 8, 8), "float32")}, batch_size=4)
+    with pytest.raises(DataError, match="x"):
+        _make(digits_copy, tmp_path / "out", digits_data, train=wrong_name).compression()
+    _assert_nothing_written(tmp_path / "out")
