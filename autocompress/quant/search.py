@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import time
 
-from ..errors import EvalError
+from ..evaluation import finite_metric
 from .apply import QuantTemplate
 from .calibration import CalibrationStats
 from .space import TrialConfig
@@ -24,16 +23,7 @@ def call_evaluator(evaluator, predict, limit=None, context=None) -> float:
     kwargs = {"limit": limit} if "limit" in params else {}
     if context is not None and "context" in params:
         kwargs["context"] = context
-    value = evaluator(predict, **kwargs)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise EvalError(f"the evaluation returned {value!r}, not a number; make it return a float "
-                        "(higher is better)") from None
-    if not math.isfinite(value):
-        raise EvalError(f"the evaluation returned {value}; it must return a finite float (higher is better). "
-                        "Check the eval data and the metric")
-    return value
+    return finite_metric(evaluator(predict, **kwargs), "the evaluation")
 
 
 def effective_key(config: TrialConfig, stats: CalibrationStats) -> tuple:
