@@ -30,6 +30,14 @@ def _as_list(value):
     return value if isinstance(value, list) else [value]
 
 
+def _one_of(value, allowed, what: str):
+    """A value or list of values, each from `allowed`; the error lists the allowed ones."""
+    for item in _as_list(value):
+        if item not in allowed:
+            raise ValueError(f"unknown {what} {item!r}; allowed: {list(allowed)}")
+    return value
+
+
 class QuantizationConfig(_Config):
     quantize_op_types: list[str] = Field(
         default_factory=lambda: ["conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2"])
@@ -81,18 +89,12 @@ class HyperParameterOptimizationConfig(_Config):
     @field_validator("ptq_algo")
     @classmethod
     def _algo(cls, v):
-        for a in _as_list(v):
-            if a not in PTQ_ALGOS:
-                raise ValueError(f"unknown ptq_algo {a!r}; allowed: {list(PTQ_ALGOS)}")
-        return v
+        return _one_of(v, PTQ_ALGOS, "ptq_algo")
 
     @field_validator("weight_quantize_type")
     @classmethod
     def _wqt(cls, v):
-        for a in _as_list(v):
-            if a not in WEIGHT_QUANTIZE_TYPES:
-                raise ValueError(f"unknown weight_quantize_type {a!r}; allowed: {list(WEIGHT_QUANTIZE_TYPES)}")
-        return v
+        return _one_of(v, WEIGHT_QUANTIZE_TYPES, "weight_quantize_type")
 
     @field_validator("hist_percent")
     @classmethod
@@ -145,10 +147,7 @@ class DistillationConfig(_Config):
     @field_validator("distill_loss")
     @classmethod
     def _loss(cls, v):
-        for name in _as_list(v):
-            if name not in DISTILL_LOSSES:
-                raise ValueError(f"unknown distill_loss {name!r}; allowed: {list(DISTILL_LOSSES)}")
-        return v
+        return _one_of(v, DISTILL_LOSSES, "distill_loss")
 
     @field_validator("distill_node_pair")
     @classmethod
