@@ -33,6 +33,8 @@ def cmd_run(args) -> int:
 
         summary = run_config(args.config, save_dir=args.save_dir, progress=not args.quiet)
         _print_result(summary)
+        if args.publish:
+            _publish(summary, args.publish)
         return 0
     from .kfp_runner import run_local
 
@@ -40,6 +42,21 @@ def cmd_run(args) -> int:
                     progress="verbose" if args.verbose_stages else not args.quiet)
     _print_result(run.summary, paths=args.quiet)
     return 0
+
+
+def _publish(summary: dict, uri: str) -> None:
+    """The deliverable (model, summary, report) to an object-store URI or folder, as the pipeline's
+    export stage does."""
+    from pathlib import Path
+
+    from .storage import publish
+
+    save_dir = Path(summary["save_dir"])
+    base = uri.rstrip("/")
+    publish(summary["model_dir"], f"{base}/model")
+    for name in ("summary.json", "report.md"):
+        publish(save_dir / name, f"{base}/{name}")
+    print(f"published: {base}")
 
 
 def cmd_compile(args) -> int:

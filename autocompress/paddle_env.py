@@ -86,6 +86,9 @@ def resolve_device(devices: str | None):
     if kind == "cpu":
         return _paddle.CPUPlace()
     if kind == "gpu":
+        if match.group(2) is None and os.environ.get("FLAGS_selected_gpus"):
+            # under paddle.distributed.launch each process owns the GPU the launcher selected for it
+            index = int(os.environ["FLAGS_selected_gpus"].split(",")[0])
         return _paddle.CUDAPlace(index)
     if kind == "xpu":
         return _paddle.XPUPlace(index)

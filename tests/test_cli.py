@@ -55,3 +55,15 @@ def test_demo(tmp_path):
     assert s["param_bytes_after"] <= 0.3 * s["param_bytes_before"]
     assert s["latency_ms_before"] > 0 and s["latency_ms_after"] > 0
     assert s["seconds"] < 120
+
+
+def test_in_process_run_publishes_the_deliverable(tmp_path):
+    example = ROOT / "examples" / "digits" / "ptq_hpo.yaml"
+    config = tmp_path / "ptq.yaml"
+    config.write_text(example.read_text().replace("max_quant_count: 8", "max_quant_count: 1"))
+    target = tmp_path / "published"
+    assert main(["run", str(config), "--in-process", "--quiet", "--save-dir", str(tmp_path / "out"),
+                 "--publish", str(target)]) == 0
+    assert (target / "model" / "inference.pdmodel").exists()
+    assert json.loads((target / "summary.json").read_text())["strategy"] == "ptq_hpo"
+    assert (target / "report.md").read_text().startswith("# autocompress report")
