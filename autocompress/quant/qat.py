@@ -64,8 +64,15 @@ def convert_for_inference(eval_program, scope, place, qc):
     weights stored quantized with their scales, activation scales as quantize_linear attrs."""
     from paddle.static.quantization import convert
 
+    from .apply import _int_skip_quant
+
     with _quiet_paddle_quant():
-        return convert(eval_program, place, paddle_quant_config(qc), scope=scope)
+        program = convert(eval_program, place, paddle_quant_config(qc), scope=scope)
+    # not_quant_pattern ops must carry the INTEGER skip_quant == 1, the only form oneDNN's placement pass
+    # honours (a bool is ignored and the op would still run int8 from its neighbours' observer scales).
+    # convert() writes an int in Paddle 2.6/3.x; rewriting keeps that true whatever the version does.
+    _int_skip_quant(program)
+    return program
 
 
 @contextlib.contextmanager

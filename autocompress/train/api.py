@@ -31,11 +31,18 @@ def _teacher_files(model_dir, model_filename, params_filename, default: ModelFil
 
 
 def run_distill(model_files: ModelFiles, train_source, evaluator, distill_config, train_config, save_dir,
-                place=None, quant_config=None, teacher_files: ModelFiles | None = None, **train_kwargs) -> dict:
+                place=None, quant_config=None, teacher_files: ModelFiles | None = None,
+                fp32_fallback: int | None = None, **train_kwargs) -> dict:
     """Single-teacher distillation; with `quant_config`, quantization-aware training + distillation.
 
     evaluator: `evaluate(predict, limit=None) -> float` (higher is better).
-    Returns {model_files, metric, baseline_metric, curve, target_met, seconds, steps, ...}."""
+    fp32_fallback (QAT with deploy_backend 'onednn' only): after training the int8 model is measured
+    with Paddle Inference + oneDNN int8, and layers that hurt that deployed metric may be kept in FP32,
+    gated like the PTQ search's HyperParameterOptimizationConfig.fp32_fallback: None = automatic (only
+    when TrainConfig.target_metric is missed, cap 10 % of the int8 layers), 0 = off, N = at most N layers
+    (target: target_metric, else the FP32 baseline). See train/qat_fallback.py.
+    Returns {model_files, metric (simulated for QAT), baseline_metric, curve, target_met, seconds, steps,
+    ...}; QAT adds deployed_metric, int8_deployed_metric, fp32_layers, fallback_steps, fallback_seconds."""
     dc = build(DistillationConfig, distill_config, "DistillationConfig")
     qc = build(QuantizationConfig, quant_config, "QuantizationConfig") if quant_config is not None else None
     tfiles = teacher_files or _teacher_files(dc.teacher_model_dir, dc.teacher_model_filename,
@@ -44,14 +51,14 @@ def run_distill(model_files: ModelFiles, train_source, evaluator, distill_config
               dc.distill_node_pair)]
     strategy = "qat_distill" if qc is not None else "distill"
     return _run(model_files, specs, train_source, evaluator, train_config, save_dir, place, qc, dc.merge_feed,
-                strategy, train_kwargs)
+                strategy, train_kwargs, fp32_fallback)
 
 
 def run_multi_teacher(model_files: ModelFiles, train_source, evaluator, distill_config, train_config, save_dir,
                       place=None, quant_config=None, teacher_files: list[ModelFiles] | None = None,
-                      **train_kwargs) -> dict:
+                      fp32_fallback: int | None = None, **train_kwargs) -> dict:
     """Multi-teacher distillation: teacher i contributes distill_loss[i] * distill_lambda[i] over its
-    distill_node_pair[i] (default: the outputs)."""
+    distill_node_pair[i] (default: the outputs). fp32_fallback: as in run_distill."""
     mc = build(MultiTeacherDistillationConfig, distill_config, "MultiTeacherDistillationConfig")
     qc = build(QuantizationConfig, quant_config, "QuantizationConfig") if quant_config is not None else None
     n = len(mc.teacher_model_dir)
@@ -66,11 +73,11 @@ def run_multi_teacher(model_files: ModelFiles, train_source, evaluator, distill_
                       mc.distill_node_pair[i] if mc.distill_node_pair else None))
     strategy = "multi_teacher_distill" if qc is None else "qat_multi_teacher_distill"
     return _run(model_files, specs, train_source, evaluator, train_config, save_dir, place, qc, mc.merge_feed,
-                strategy, train_kwargs)
+                strategy, train_kwargs, fp32_fallback)
 
 
 def _run(model_files, specs, train_source, evaluator, train_config, save_dir, place, qc, merge_feed,
-         strategy, train_kwargs) -> dict:
+         strategy, train_kwargs, fp32_fallback=None) -> dict:
     from ..paddle_env import legacy_ir
 
     save_dir = Path(save_dir)
@@ -85,9 +92,11 @@ def _run(model_files, specs, train_source, evaluator, train_config, save_dir, pl
         result = train_program(student, teachers, train_source, evaluator, train_config, save_dir, place,
                                merge_feed=merge_feed, quant_config=qc, **train_kwargs)
         out = save_trained(student, result, save_dir / MODEL_SUBDIR, qc, strategy)
+        deployed = _deployed(out, evaluator, qc, fp32_fallback, train_config, result, save_dir)
+        out = deployed.pop("model_files", out)
     for g in guards:
         g.verify()
-    return {
+    return {**deployed,
         "strategy": strategy,
         "model_files": out,
         "metric": result.metric,
@@ -103,6 +112,28 @@ def _run(model_files, specs, train_source, evaluator, train_config, save_dir, pl
         "metric_kind": "simulated_int8" if qc is not None else "fp32",
         "checkpoints": str(save_dir / "checkpoints"),
     }
+
+
+def _deployed(out: ModelFiles, evaluator, qc, setting, train_config, result: TrainResult, save_dir) -> dict:
+    """QAT only: the deployed (oneDNN int8) metric and the FP32 fallback (train/qat_fallback.py).
+    Skipped for TensorRT/none backends: this process can only run the oneDNN backend."""
+    if qc is None or qc.deploy_backend != "onednn":
+        if setting:
+            log.warning("fp32_fallback=%s ignored: it needs QAT with QuantizationConfig.deploy_backend 'onednn'",
+                        setting)
+        return {}
+    from ..config import TrainConfig
+    from ..model_io import read_metadata
+    from .qat_fallback import deployed_with_fallback
+
+    tc = build(TrainConfig, train_config, "TrainConfig")
+    meta = {k: v for k, v in read_metadata(out.model_dir).items() if k in ("precision", "strategy", "parent", "metric")}
+    info = deployed_with_fallback(out, evaluator, qc, setting, tc.target_metric, result.baseline_metric, save_dir,
+                                  meta)
+    for line in info["warnings"]:
+        log.warning("%s", line)
+    info["simulated_metric"] = result.metric
+    return info
 
 
 def save_trained(student, result: TrainResult, out_dir, qc=None, strategy: str = "distill") -> ModelFiles:
