@@ -30,19 +30,12 @@ class Parallel:
         return batch_index % self.world_size == self.rank
 
 
-def check_config(tc) -> None:
-    for key in ("recompute_config", "sharding_config"):
-        if getattr(tc, key) and not tc.use_fleet:
-            raise ConfigError(f"TrainConfig.{key} only works with the fleet API; set use_fleet: true "
-                              f"(and start the run under paddle.distributed.launch) or remove {key}")
-
-
 def launched_world_size() -> int:
     return int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
 
 
 def setup(tc) -> Parallel:
-    check_config(tc)
+    """recompute/sharding without use_fleet never get here: TrainConfig rejects them."""
     if not tc.use_fleet:
         return Parallel()
     world = launched_world_size()
