@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 
-from ..errors import ConfigError
 
 log = logging.getLogger("autocompress.train")
 
