@@ -124,40 +124,58 @@ def run_fallback(runner, trial, measure, save, plan: tuple[int, float], work_dir
     Returns {fp32_layers, metric, steps, candidates, cap, target, seconds, qmodel (best or None)}.
     """
     start = time.perf_counter()
-    cap, target = plan
     thresholds = runner.thresholds(trial.config)
     template = runner.template(trial.config.weight_quantize_type)
     layers = int8_layers(runner.model.program, runner.targets)
     ranked = rank_layers(layers, runner.stats, thresholds, runner.bits,
                          weight_noise(template, bool(trial.config.bias_correct)))
-    kept: list[str] = []
-    best_metric, best_qmodel = trial.deployed_metric, None
-    steps: list[dict] = []
-    sizes, pos = group_sizes(cap), 0
+
+    def attempt(layers: list[str], step_dir: Path):
+        qmodel = runner.build(trial.config, fp32_layers=layers)
+        return measure(save(qmodel, step_dir)), qmodel
+
     bar = _bar(progress)
     try:
-        while best_metric < target and len(kept) < cap and pos < len(ranked) and len(steps) < MAX_STEPS:
+        out = greedy_fp32(ranked, plan, trial.deployed_metric, attempt, work_dir, MAX_STEPS,
+                          on_step=lambda kept, metric: (bar.update(), bar.set_postfix(fp32=len(kept),
+                                                                                       metric=f"{metric:.4f}")))
+    finally:
+        bar.close()
+    out.update(seconds=time.perf_counter() - start, qmodel=out.pop("best"))
+    return out
+
+
+def greedy_fp32(ranked: list[tuple[str, float]], plan: tuple[int, float], start_metric: float, attempt,
+                work_dir: Path, max_steps: int, on_step=None) -> dict:
+    """Keep the highest-ranked layers in FP32, in groups of `group_sizes`, measuring each step on the
+    deployment backend; a group stays only if the deployed metric rises. Stops at the target, the cap
+    or `max_steps`. attempt(fp32_layers, step_dir) -> (deployed metric, candidate model).
+
+    Returns {fp32_layers, metric, steps, candidates, ranking, cap, target, best (candidate or None)}."""
+    cap, target = plan
+    kept: list[str] = []
+    best_metric, best = start_metric, None
+    steps: list[dict] = []
+    sizes, pos = group_sizes(cap), 0
+    try:
+        while best_metric < target and len(kept) < cap and pos < len(ranked) and len(steps) < max_steps:
             size = min(next(sizes), cap - len(kept))
             group = [key for key, _ in ranked[pos:pos + size]]
             pos += size
             t0 = time.perf_counter()
-            qmodel = runner.build(trial.config, fp32_layers=kept + group)
-            files = save(qmodel, work_dir / f"step_{len(steps)}")
-            metric = measure(files)
+            metric, candidate = attempt(kept + group, work_dir / f"step_{len(steps)}")
             accepted = metric > best_metric
             steps.append({"step": len(steps), "added": group, "fp32_layers": kept + group,
                           "deployed_metric": metric, "accepted": accepted,
                           "seconds": round(time.perf_counter() - t0, 3)})
             if accepted:
-                kept, best_metric, best_qmodel = kept + group, metric, qmodel
-            bar.update()
-            bar.set_postfix(fp32=len(kept), metric=f"{best_metric:.4f}")
+                kept, best_metric, best = kept + group, metric, candidate
+            if on_step is not None:
+                on_step(kept, best_metric)
     finally:
-        bar.close()
         shutil.rmtree(work_dir, ignore_errors=True)
     return {"fp32_layers": kept, "metric": best_metric, "steps": steps, "candidates": len(ranked),
-            "ranking": ranked[:max(cap, 10)], "cap": cap, "target": target,
-            "seconds": time.perf_counter() - start, "qmodel": best_qmodel}
+            "ranking": ranked[:max(cap, 10)], "cap": cap, "target": target, "best": best}
 
 
 def summary_line(info: dict, before: float) -> str:

@@ -20,7 +20,6 @@ in place), so it edits the converted program itself:
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -196,38 +195,22 @@ def run_qat_fallback(model, evaluator, quantized_types, bits: int, plan: tuple[i
     measure(files) -> deployed metric. Returns {fp32_layers, metric, steps, candidates, cap, target,
     seconds, ranking, program (best edited program or None)}; the same keys as quant/fallback.py."""
     from ..model_io import save_model
-    from ..quant.fallback import group_sizes
+    from ..quant.fallback import greedy_fp32
 
     start = time.perf_counter()
-    cap, target = plan
     candidates = int8_candidates(model.program, quantized_types)
     ranked = rank(model, candidates, evaluator, bits)
-    kept: list[str] = []
-    best_metric, best_program = start_metric, None
-    steps: list[dict] = []
-    sizes, pos = group_sizes(cap), 0
-    try:
-        while best_metric < target and len(kept) < cap and pos < len(ranked) and len(steps) < MAX_STEPS:
-            size = min(next(sizes), cap - len(kept))
-            group = [key for key, _ in ranked[pos:pos + size]]
-            pos += size
-            t0 = time.perf_counter()
-            program = model.program.clone()
-            keep_fp32(program, kept + group, quantized_types)
-            files = save_model(model, work_dir / f"step_{len(steps)}", {"precision": "int8"}, program=program,
-                               fetch_targets=list(model.fetch_names))
-            metric = measure(files)
-            accepted = metric > best_metric
-            steps.append({"step": len(steps), "added": group, "fp32_layers": kept + group,
-                          "deployed_metric": metric, "accepted": accepted,
-                          "seconds": round(time.perf_counter() - t0, 3)})
-            if accepted:
-                kept, best_metric, best_program = kept + group, metric, program
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return {"fp32_layers": kept, "metric": best_metric, "steps": steps, "candidates": len(ranked),
-            "ranking": ranked[:max(cap, 10)], "cap": cap, "target": target,
-            "seconds": time.perf_counter() - start, "program": best_program}
+
+    def attempt(layers: list[str], step_dir: Path):
+        program = model.program.clone()
+        keep_fp32(program, layers, quantized_types)
+        files = save_model(model, step_dir, {"precision": "int8"}, program=program,
+                           fetch_targets=list(model.fetch_names))
+        return measure(files), program
+
+    out = greedy_fp32(ranked, plan, start_metric, attempt, work_dir, MAX_STEPS)
+    out.update(seconds=time.perf_counter() - start, program=out.pop("best"))
+    return out
 
 
 def deployed_with_fallback(files, evaluator, qc, setting, target_metric, fp32_metric, save_dir: Path,
