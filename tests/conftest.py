@@ -26,6 +26,19 @@ def digits_data():
     return digits_splits()
 
 
+@pytest.fixture(scope="session")
+def digits_datasets(tmp_path_factory, digits_data):
+    """Small Dataset folders of the real digits: `train` (128 calibration samples) and `eval` (200)."""
+    from autocompress.data.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("digits-datasets")
+    x, y = digits_data["calib"]
+    write_dataset(root / "train", {"x": x[:128]}, labels=y[:128])
+    x, y = digits_data["eval"]
+    write_dataset(root / "eval", {"x": x[:200]}, labels=y[:200])
+    return root
+
+
 @pytest.fixture
 def digits_copy(digits_files, tmp_path):
     """A private copy of the digits model, for tests that must prove the input is never modified."""

@@ -26,25 +26,13 @@ def art(cls, folder: Path, name: str):
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory, digits_data):
-    from autocompress.data.dataset import write_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    x, y = digits_data["calib"]
-    write_dataset(root / "calib", {"x": x[:128]}, labels=y[:128])
-    x, y = digits_data["eval"]
-    write_dataset(root / "eval", {"x": x[:200]}, labels=y[:200])
-    return root
-
-
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory, digits_files, datasets):
+def loaded(tmp_path_factory, digits_files, digits_datasets):
     out = tmp_path_factory.mktemp("loaded")
     model = art(dsl.Model, out, "model")
     c.load_model.python_func(model_uri=str(digits_files.model_dir), config=PTQ_CONFIG, model=model)
     calib, evald = art(dsl.Dataset, out, "calib"), art(dsl.Dataset, out, "eval")
-    c.load_data.python_func(data_uri=str(datasets / "calib"), dataset=calib)
-    c.load_data.python_func(data_uri=str(datasets / "eval"), dataset=evald)
+    c.load_data.python_func(data_uri=str(digits_datasets / "train"), dataset=calib)
+    c.load_data.python_func(data_uri=str(digits_datasets / "eval"), dataset=evald)
     return model, calib, evald
 
 

@@ -34,15 +34,8 @@ STRATEGIES = {
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, digits_data):
-    from autocompress.data.dataset import write_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    x, y = digits_data["calib"]
-    write_dataset(root / "train", {"x": x[:128]}, labels=y[:128])
-    x, y = digits_data["eval"]
-    write_dataset(root / "eval", {"x": x[:200]}, labels=y[:200])
-    return root
+def data(digits_datasets):
+    return digits_datasets
 
 
 def _config(tmp_path, combination, model_dir, data, model_uri=None, train=None, evald=None):

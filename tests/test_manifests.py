@@ -2,29 +2,23 @@
 no real credential is committed; pods run non-root with limits."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from _kustomize import render  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = [REPO / "manifests" / "base", REPO / "manifests" / "overlays" / "example"]
 K8S_VERSION = "1.30"
 
 
-def _render(path: Path) -> list[dict]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed (Debian: kubernetes-client)")
-    result = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 @pytest.fixture(scope="module", params=TARGETS, ids=lambda p: p.relative_to(REPO).as_posix())
 def rendered(request):
-    return _render(request.param)
+    return render(request.param)
 
 
 def test_objects_validate_strictly(rendered):

@@ -5,14 +5,14 @@ launch command that autocompress/train/fleet.py expects, and the image = GPU_IMA
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from autocompress.kfp.image import GPU_IMAGE, IMAGE_REPOSITORY
+
+from _kustomize import render  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "manifests" / "training-job"
@@ -26,17 +26,11 @@ RUN_POLICY_KEYS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineS
                    "schedulingPolicy", "suspend", "managedBy"}
 
 
-def _render(path: Path) -> list[dict]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed (Debian: kubernetes-client)")
-    result = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 @pytest.fixture(scope="module", params=[BASE, OVERLAY], ids=lambda p: p.relative_to(REPO).as_posix())
 def rendered(request):
-    return request.param, _render(request.param)
+    return request.param, render(request.param)
 
 
 def _paddlejob(docs) -> dict:
