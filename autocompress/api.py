@@ -87,6 +87,12 @@ class AutoCompression:
         module, func = ENGINES[self.combination]
         engine = getattr(importlib.import_module(module), func)
         result = engine(**self._engine_kwargs(context))
+        from .train.fleet import process_rank
+
+        rank = process_rank()
+        if rank != 0:  # collective training: rank 0 measures and reports; the others only trained
+            log.info("rank %d done; rank 0 writes the summary and the model", rank)
+            return {"strategy": self.combination, "rank": rank, "model_dir": str(result["model_files"].model_dir)}
         summary = self._measure(context, result, time.perf_counter() - start)
         write_summary(self.save_dir, summary)
         guard.verify()

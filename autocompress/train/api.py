@@ -145,6 +145,9 @@ def save_trained(student, result: TrainResult, out_dir, qc=None, strategy: str =
         from ..quant.qat import convert_for_inference
 
         program = convert_for_inference(program, result.scope, result.place, qc)
+    from .fleet import rank_private
+
+    out_dir = rank_private(out_dir)
     saver = dataclasses.replace(student, scope=result.scope, executor=result.executor)
     meta = {"precision": "int8" if qc is not None else "fp32", "strategy": strategy,
             "parent": {p.name: sha256_file(p) for p in student.files.files()}, "metric": result.metric}

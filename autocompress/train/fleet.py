@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from pathlib import Path
 
 
 log = logging.getLogger("autocompress.train")
@@ -27,6 +28,19 @@ class Parallel:
 
     def mine(self, batch_index: int) -> bool:
         return batch_index % self.world_size == self.rank
+
+
+def process_rank() -> int:
+    """This process's rank under paddle.distributed.launch / a PaddleJob (0 when not launched)."""
+    return int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0)
+
+
+def rank_private(path) -> Path:
+    """Rank 0 writes the deliverable where asked; other ranks write theirs to a private sibling
+    (`.rank<k>/`), so ranks sharing one save dir never race on the same rename. Checkpoints stay
+    shared: rank 0 writes them and every rank resumes from them."""
+    path, rank = Path(path), process_rank()
+    return path if rank == 0 else path.parent / f".rank{rank}" / path.name
 
 
 def launched_world_size() -> int:
