@@ -14,6 +14,7 @@ from . import config as cfg
 from .errors import ConfigError, DataError
 from .paddle_env import DEFAULT_DEVICE, device_string, resolve_device
 from .summary import peak_rss_bytes, write_summary
+from .train.fleet import process_rank
 
 log = logging.getLogger("autocompress")
 
@@ -87,8 +88,6 @@ class AutoCompression:
         module, func = ENGINES[self.combination]
         engine = getattr(importlib.import_module(module), func)
         result = engine(**self._engine_kwargs(context))
-        from .train.fleet import process_rank
-
         rank = process_rank()
         if rank != 0:  # collective training: rank 0 measures and reports; the others only trained
             log.info("rank %d done; rank 0 writes the summary and the model", rank)
