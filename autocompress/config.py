@@ -85,6 +85,9 @@ class HyperParameterOptimizationConfig(_Config):
         None, description="at most this many int8 layers may be kept in FP32 when the deployed metric misses "
                           "the target; 0 = off; None = automatic (only when a target is missed, cap 10% of "
                           "the int8 layers). See autocompress/quant/fallback.py")
+    subset_eval: Optional[float] = Field(
+        None, description="evaluate each trial first on this fraction of the eval batches; only trials close to "
+                          "the best subset metric get the full evaluation (needs an evaluator that takes `limit`)")
 
     @field_validator("ptq_algo")
     @classmethod
@@ -124,6 +127,13 @@ class HyperParameterOptimizationConfig(_Config):
     def _fallback(cls, v):
         if v is not None and v < 0:
             raise ValueError(f"must be >= 0 (0 = off, N = at most N layers in FP32) or null (automatic), got {v}")
+        return v
+
+    @field_validator("subset_eval")
+    @classmethod
+    def _subset(cls, v):
+        if v is not None and not 0.0 < v < 1.0:
+            raise ValueError(f"must be in (0, 1) (a fraction of the eval batches) or null (off), got {v}")
         return v
 
     @field_validator("ptq_algo", "bias_correct", "weight_quantize_type", "hist_percent", "batch_size",

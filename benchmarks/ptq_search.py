@@ -64,14 +64,14 @@ def load_case(name: str, work: Path):
 
 
 # ---- the two sides (each in a subprocess) ---------------------------------------------------------
-def side_ours(name: str, work: Path, fp32_fallback: int | None = None) -> dict:
+def side_ours(name: str, work: Path, fp32_fallback: int | None = None, subset_eval: float | None = None) -> dict:
     from autocompress.quant.ptq_search import run_ptq_search
 
     files, calib_x, evaluate = load_case(name, work)
     bs = 4  # the calibration source's own batch size; our stats are re-chunked anyway
     calib = [{"x": calib_x[i:i + bs]} for i in range(0, len(calib_x), bs)]
     start = time.perf_counter()
-    hpo = dict(CASES[name]["hpo"], fp32_fallback=fp32_fallback)
+    hpo = dict(CASES[name]["hpo"], fp32_fallback=fp32_fallback, subset_eval=subset_eval)
     result = run_ptq_search(files, calib, evaluate, {}, hpo, work / "ours", progress=False)
     seconds = time.perf_counter() - start
     from autocompress.backend import compare_latency
@@ -83,7 +83,8 @@ def side_ours(name: str, work: Path, fp32_fallback: int | None = None) -> dict:
             "baseline_metric": result["baseline_metric"], "baseline_deployed": result["baseline_deployed_metric"],
             "calibration_seconds": result["calibration_seconds"], "trials": result["trials"],
             "best_config": result["best_config"], "int8_deployed": result.get("int8_deployed_metric"),
-            "fp32_layers": result.get("fp32_layers", []), "fallback_seconds": result.get("fallback_seconds", 0.0)}
+            "fp32_layers": result.get("fp32_layers", []), "fallback_seconds": result.get("fallback_seconds", 0.0),
+            "subset_eval": subset_eval, "pruned": sum(bool(t.get("pruned")) for t in result["trials"])}
 
 
 def side_paddle(name: str, work: Path, configs: list[dict]) -> dict:
@@ -145,20 +146,23 @@ def side_paddle(name: str, work: Path, configs: list[dict]) -> dict:
 def _child(args):
     work = Path(args.work)
     if args.side == "ours":
-        out = side_ours(args.model, work, args.fp32_fallback)
+        out = side_ours(args.model, work, args.fp32_fallback, args.subset_eval)
     else:
         out = side_paddle(args.model, work, json.loads(Path(args.configs).read_text()))
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(args.result).write_text(json.dumps(out, indent=1, default=float))
 
 
-def _run_side(side: str, model: str, work: Path, configs: Path | None = None, fp32_fallback: int | None = None) -> dict:
+def _run_side(side: str, model: str, work: Path, configs: Path | None = None, fp32_fallback: int | None = None,
+              subset_eval: float | None = None) -> dict:
     result = work / f"{side}.json"
     cmd = [sys.executable, __file__, "--child", side, "--model", model, "--work", str(work), "--result", str(result)]
     if configs:
         cmd += ["--configs", str(configs)]
     if fp32_fallback is not None:
         cmd += ["--fp32-fallback", str(fp32_fallback)]
+    if subset_eval is not None:
+        cmd += ["--subset-eval", str(subset_eval)]
     subprocess.run(cmd, check=True)
     return json.loads(result.read_text())
 
@@ -172,6 +176,9 @@ def main(argv=None):
     parser.add_argument("--fp32-fallback", type=int, default=None,
                         help="our side: keep up to N sensitive layers FP32 when the deployed int8 metric drops "
                              "(default: automatic, which without a target does nothing)")
+    parser.add_argument("--subset-eval", type=float, default=None, metavar="F",
+                        help="our side: score each trial on this fraction of the eval batches first; only trials "
+                             "near the best subset metric get the full evaluation (default: off)")
     parser.add_argument("--child", choices=["ours", "paddle"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--configs", help=argparse.SUPPRESS)
@@ -182,7 +189,7 @@ def main(argv=None):
     work = Path(args.work or tempfile.mkdtemp(prefix=f"ptq-bench-{args.model}-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"[{args.model}] our search ...", file=sys.stderr, flush=True)
-    ours = _run_side("ours", args.model, work, fp32_fallback=args.fp32_fallback)
+    ours = _run_side("ours", args.model, work, fp32_fallback=args.fp32_fallback, subset_eval=args.subset_eval)
     configs = [t["config"] for t in ours["trials"]]
     (work / "configs.json").write_text(json.dumps(configs))
     print(f"[{args.model}] {len(configs)} trials done in {ours['seconds']:.1f}s; paddle per-trial recalibration ...",
@@ -212,6 +219,9 @@ def table(model, ours, pd, n) -> str:
              f"(oneDNN FP32 {ours['baseline_deployed']:.4f}); our calibration {ours['calibration_seconds']:.1f}s."]
     lines.append(f"Latency of the selected model, Paddle Inference CPU, 1 thread, batch 1: FP32 {ours['fp32_ms']:.2f} ms, "
                  f"oneDNN int8 {ours['int8_ms']:.2f} ms ({ours['fp32_ms'] / ours['int8_ms']:.2f}x).")
+    if ours.get("subset_eval"):
+        lines.append(f"subset_eval {ours['subset_eval']}: {ours['pruned']} of {n} trials pruned on the eval subset "
+                     "(no full evaluation).")
     if ours.get("fp32_layers"):
         lines.append(f"FP32 fallback: {len(ours['fp32_layers'])} layers kept FP32 ({ours['fallback_seconds']:.1f}s); "
                      f"oneDNN int8 {ours['int8_deployed']:.4f} -> {ours['selected_deployed']:.4f}.")

@@ -78,4 +78,5 @@ def ocr_evaluator(batches: list[np.ndarray], truths: list[list[str]], dictionary
             predicted += ctc_greedy_decode(np.asarray(predict({feed_name: x})[0]), dictionary)
             expected += t
         return char_accuracy(predicted, expected)
+    evaluate.num_batches = len(batches)  # lets the PTQ search size an eval subset (subset_eval) up front
     return evaluate

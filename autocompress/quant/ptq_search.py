@@ -2,6 +2,9 @@
 backend, best model + trial table always saved (DESIGN §3 calibrate -> ptq_trial xN -> select, §8)."""
 from __future__ import annotations
 
+import inspect
+import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +19,11 @@ from .targets import find_targets
 
 MODEL_SUBDIR = "model"          # the selected int8 model inside save_dir
 TRIALS_FILE = "trials.json"
+# successive halving: a trial whose subset metric is more than this fraction below the best subset metric
+# so far gets no full evaluation. The subset is the same batches for every trial (a paired comparison), so
+# a 1% gap is a real one, not noise; the margin keeps near-ties for the full metric to decide.
+SUBSET_MARGIN = 0.01
+log = logging.getLogger("autocompress.quant")
 
 
 def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_config=None, save_dir="output",
@@ -51,7 +59,12 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
         targets = find_targets(model.program, qcfg)
         from .predict import executor_predictor
 
-        baseline = call_evaluator(evaluator, executor_predictor(model), context=_fp32_context(model))
+        fp32_predict = executor_predictor(model)
+        counter = None
+        if hcfg.subset_eval is not None and _supports_limit(evaluator) and _known_batches(evaluator) is None:
+            counter = _CountingPredict(fp32_predict)  # a limit-taking function: its batch count = predict calls
+        baseline = call_evaluator(evaluator, counter or fp32_predict, context=_fp32_context(model))
+        halving, halving_note = _halving(hcfg.subset_eval, evaluator, counter)
         space = SearchSpace.from_config(hcfg)
         t0 = time.perf_counter()
         if stats is None:
@@ -61,6 +74,9 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
         _check_stats(stats, targets)
         runner = TrialRunner(model, stats, targets, qcfg.activation_bits, place)
         state = _SearchState(save_dir, model, baseline, hcfg)
+        state.halving = halving
+        if halving_note:
+            state.warnings.append(halving_note)
         try:
             _search(runner, space, hcfg, evaluator, state, progress)
             if deploy_eval and state.best is not None:
@@ -89,6 +105,68 @@ def _fp32_context(model):
     return ModelContext.from_model(model)
 
 
+def _supports_limit(evaluator) -> bool:
+    flag = getattr(evaluator, "supports_limit", None)  # Evaluator: only data mode honours limit
+    if flag is not None:
+        return bool(flag)
+    try:
+        return "limit" in inspect.signature(evaluator).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _known_batches(evaluator) -> int | None:
+    n = getattr(evaluator, "num_batches", None)
+    n = n() if callable(n) else n
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None
+
+
+class _CountingPredict:
+    """The FP32 predictor, counting its calls: how many batches a full evaluation has."""
+
+    def __init__(self, predict):
+        self.predict, self.calls = predict, 0
+        self.feed_names = getattr(predict, "feed_names", None)
+
+    def __call__(self, feed):
+        self.calls += 1
+        return self.predict(feed)
+
+
+class _Halving:
+    """Successive halving on an eval subset: each trial is scored on the first `limit` of `total` batches;
+    only those within SUBSET_MARGIN of the best subset metric so far get the full evaluation."""
+
+    def __init__(self, limit: int, total: int):
+        self.limit, self.total = limit, total
+        self.best: float | None = None
+
+    def promote(self, subset_metric: float) -> bool:
+        if self.best is None or subset_metric > self.best:
+            self.best = subset_metric
+            return True  # a new best subset metric is always worth the full evaluation
+        return subset_metric >= self.best - SUBSET_MARGIN * abs(self.best)
+
+
+def _halving(fraction, evaluator, counter) -> tuple[_Halving | None, str | None]:
+    """The subset plan, or (None, why not) when subset_eval cannot apply (full evaluation of every trial)."""
+    if fraction is None:
+        return None, None
+    if not _supports_limit(evaluator):
+        note = ("subset_eval ignored: the evaluator does not take `limit` (eval data, or a function "
+                "`evaluate(predict, limit=None)`, does); every trial gets the full evaluation")
+    else:
+        total = _known_batches(evaluator) or (counter.calls if counter else 0)
+        limit = max(1, math.ceil(fraction * total))
+        if total > 1 and limit < total:
+            log.info("subset_eval %.2f: trials scored on %d of %d eval batches first", fraction, limit, total)
+            return _Halving(limit, total), None
+        note = (f"subset_eval ignored: {fraction} of {total} eval batches is not a smaller subset; every trial "
+                "gets the full evaluation")
+    log.warning(note)
+    return None, note
+
+
 def _check_stats(stats, targets):
     missing = [n for n in targets.activations if n not in stats.index()]
     if missing:
@@ -110,6 +188,7 @@ class _SearchState:
         self.model_files = None
         self.fallback_seconds = 0.0
         self.warnings: list[str] = []
+        self.halving: _Halving | None = None
 
     def record(self, trial: Trial, qmodel) -> None:
         self.trials.append(trial)
@@ -133,6 +212,8 @@ class _SearchState:
             "baseline_metric": self.baseline, "baseline_deployed_metric": self.baseline_deployed,
             "best_index": self.selected.index if self.selected else None, "interrupted": self.interrupted,
             "search_algo": self.hcfg.search_algo, "seed": self.hcfg.seed,
+            "subset_batches": self.halving.limit if self.halving else None,
+            "eval_batches": self.halving.total if self.halving else None,
             "trials": [t.to_dict() for t in self.trials]})
 
     def result(self, target_metric) -> dict:
@@ -169,14 +250,16 @@ def _search(runner: TrialRunner, space, hcfg, evaluator, state: _SearchState, pr
             sampler.tell(config, seen[key])
             continue
         try:
-            trial, qmodel = runner.run(len(state.trials), config, evaluator)
+            trial, qmodel = _run_trial(runner, len(state.trials), config, evaluator, state.halving)
         except AutoCompressError:
             raise  # the user's evaluation failed: stop with its message (best-so-far is saved)
         except Exception as err:  # a paddle failure for this configuration: record it, go on
             trial, qmodel = Trial(len(state.trials), config, runner.samples(config), status="failed",
                                   error=f"{type(err).__name__}: {err}"), None
-        seen[key] = trial.metric
-        sampler.tell(config, trial.metric)
+        # a pruned trial teaches the sampler its subset metric: the best estimate there is, and a low one
+        value = trial.subset_metric if trial.pruned else trial.metric
+        seen[key] = value
+        sampler.tell(config, value)
         state.record(trial, qmodel)
         bar.update()
         if state.best is not None:
@@ -184,6 +267,20 @@ def _search(runner: TrialRunner, space, hcfg, evaluator, state: _SearchState, pr
     bar.close()
     if state.best is None and state.trials:
         raise AutoCompressError(f"all {len(state.trials)} PTQ trials failed; first error: {state.trials[0].error}")
+
+
+def _run_trial(runner: TrialRunner, index: int, config, evaluator, halving: _Halving | None):
+    if halving is None:
+        return runner.run(index, config, evaluator)
+    trial, qmodel = runner.run(index, config, evaluator, limit=halving.limit)
+    trial.subset_metric, trial.metric = trial.metric, None
+    if halving.promote(trial.subset_metric):
+        start = time.perf_counter()
+        trial.metric = runner.evaluate(qmodel, evaluator)
+        trial.seconds += time.perf_counter() - start
+    else:
+        trial.status, trial.pruned = "pruned", True  # never selected: it has no full metric
+    return trial, qmodel
 
 
 def _finalists(runner: TrialRunner, state: _SearchState, evaluator, count: int, threads: int) -> None:

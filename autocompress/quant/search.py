@@ -41,8 +41,12 @@ class Trial:
     metric: float | None = None     # simulated (executor, fake-quant) metric
     deployed_metric: float | None = None
     seconds: float = 0.0
-    status: str = "ok"              # ok | failed
+    status: str = "ok"              # ok | failed | pruned
     error: str | None = None
+    # successive halving (HyperParameterOptimizationConfig.subset_eval): metric on the first eval batches;
+    # a pruned trial has no full `metric` and is never selected
+    subset_metric: float | None = None
+    pruned: bool = False
     # FP32 fallback (quant/fallback.py), on the selected finalist only
     fp32_layers: list[str] = dataclasses.field(default_factory=list)
     fallback_metric: float | None = None    # deployed metric with fp32_layers in FP32
@@ -57,7 +61,8 @@ class Trial:
                 "metric": self.metric, "deployed_metric": self.deployed_metric,
                 "seconds": round(self.seconds, 3), "status": self.status, "error": self.error,
                 "fp32_layers": list(self.fp32_layers), "fallback_metric": self.fallback_metric,
-                "fallback_steps": list(self.fallback_steps)}
+                "fallback_steps": list(self.fallback_steps), "subset_metric": self.subset_metric,
+                "pruned": self.pruned}
 
 
 class TrialRunner:
@@ -101,10 +106,13 @@ class TrialRunner:
         return int(self.stats.chunk_samples[:k].sum())
 
     def run(self, index: int, config: TrialConfig, evaluator, limit=None) -> tuple[Trial, object]:
-        from .predict import executor_predictor
-
         start = time.perf_counter()
         qmodel = self.build(config)
-        predict = executor_predictor(self.model, program=qmodel.program, scope=qmodel.scope)
-        metric = call_evaluator(evaluator, predict, limit, context=self.context(qmodel))
+        metric = self.evaluate(qmodel, evaluator, limit)
         return Trial(index, config, self.samples(config), metric, seconds=time.perf_counter() - start), qmodel
+
+    def evaluate(self, qmodel, evaluator, limit=None) -> float:
+        from .predict import executor_predictor
+
+        predict = executor_predictor(self.model, program=qmodel.program, scope=qmodel.scope)
+        return call_evaluator(evaluator, predict, limit, context=self.context(qmodel))
