@@ -100,11 +100,8 @@ def run_prune_distill(model_files, train_source, evaluator, prune_config, distil
                            train_kwargs, asp_include_convs=asp_include_convs)
     from .channel import prune_loaded
 
-    guards = [model_io.InputGuard(model_files)]
     with legacy_ir():
-        teacher_files, teacher = _teacher(dc, model_files, place)
-        guards.append(model_io.InputGuard(teacher_files))
-        student = model_io.load_model(model_files, place)
+        guards, teacher, student = _load_pair(dc, model_files, place)
         before = _stats(student, feed_shapes)
         plan = None
         if not pruned_input:
@@ -154,15 +151,21 @@ def _total_iters(tc: TrainConfig, train_source, feed_names) -> int:
     return int(tc.epochs) * int(n)
 
 
+def _load_pair(dc, model_files, place):
+    """Teacher (the original unless the config names one) and a private student copy, with hash guards
+    on both inputs. Call inside legacy_ir()."""
+    guards = [model_io.InputGuard(model_files)]
+    teacher_files, teacher = _teacher(dc, model_files, place)
+    guards.append(model_io.InputGuard(teacher_files))
+    return guards, teacher, model_io.load_model(model_files, place)
+
+
 def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, place, feed_shapes,
                 train_kwargs, asp_include_convs=False) -> dict:
     is_asp = isinstance(config, PruneConfig)
     strategy = "asp_distill" if is_asp else "sparse_distill"
-    guards = [model_io.InputGuard(model_files)]
     with legacy_ir():
-        teacher_files, teacher = _teacher(dc, model_files, place)
-        guards.append(model_io.InputGuard(teacher_files))
-        student = model_io.load_model(model_files, place)
+        guards, teacher, student = _load_pair(dc, model_files, place)
         stats = _stats(student, feed_shapes)
         if is_asp:
             from .asp import ASPPruner

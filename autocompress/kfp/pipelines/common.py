@@ -57,3 +57,17 @@ def light(task: dsl.PipelineTask):
     task.set_cpu_limit("2")
     task.set_memory_limit("4Gi")
     return task
+
+
+def load_inputs(c, *, model_uri, config, model_filename, params_filename, data_uri, data_name, eval_data_uri,
+                batch_size, secret, s3_endpoint):
+    """The three loading tasks every pipeline starts with: model, its calibration/training data, eval
+    data. Not cached (the URIs may point at new content), retried (object stores flake)."""
+    model = common(light(c.load_model(model_uri=model_uri, config=config, model_filename=model_filename,
+                                      params_filename=params_filename, s3_endpoint=s3_endpoint)),
+                   secret, "load model", cache=False, retries=2)
+    data = common(light(c.load_data(data_uri=data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
+                  secret, f"load {data_name} data", cache=False, retries=2)
+    evald = common(light(c.load_data(data_uri=eval_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
+                   secret, "load eval data", cache=False, retries=2)
+    return model, data, evald

@@ -4,7 +4,7 @@ deployment backend, exported."""
 from kfp import dsl
 
 from .. import components as c
-from .common import DEFAULT_ENDPOINT, DEFAULT_PTQ_CONFIG, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light
+from .common import DEFAULT_ENDPOINT, DEFAULT_PTQ_CONFIG, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light, load_inputs
 
 
 def build(gpu: bool = True):
@@ -20,13 +20,10 @@ def build(gpu: bool = True):
                 s3_endpoint: str = DEFAULT_ENDPOINT, cpu_limit: str = "8", memory_limit: str = "32Gi"):
         place = dict(gpu=gpu, gpu_count=gpu_count, tolerations=tolerations, node_selector=node_selector,
                      cpu_limit=cpu_limit, memory_limit=memory_limit)
-        model = common(light(c.load_model(model_uri=model_uri, config=config, model_filename=model_filename,
-                                          params_filename=params_filename, s3_endpoint=s3_endpoint)),
-                       object_store_secret, "load model", cache=False, retries=2)
-        calib = common(light(c.load_data(data_uri=calib_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
-                       object_store_secret, "load calibration data", cache=False, retries=2)
-        evald = common(light(c.load_data(data_uri=eval_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
-                       object_store_secret, "load eval data", cache=False, retries=2)
+        model, calib, evald = load_inputs(
+            c, model_uri=model_uri, config=config, model_filename=model_filename, params_filename=params_filename,
+            data_uri=calib_data_uri, data_name="calibration", eval_data_uri=eval_data_uri, batch_size=batch_size,
+            secret=object_store_secret, s3_endpoint=s3_endpoint)
         stats = common(heavy(c.calibrate(model=model.outputs["model"], calib_data=calib.outputs["dataset"],
                                          config=config, trial_shards=trial_shards, device=device,
                                          batch_size=batch_size), **place),

@@ -11,7 +11,7 @@ The teacher defaults to the original model (source-free distillation).
 from kfp import dsl
 
 from .. import components as c
-from .common import DEFAULT_ENDPOINT, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light
+from .common import DEFAULT_ENDPOINT, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light, load_inputs
 
 TRAINING_RETRIES = 3
 
@@ -47,13 +47,10 @@ def build(combination: str, gpu: bool = True):
                  cpu_limit: str = "8", memory_limit: str = "32Gi"):
         place = dict(gpu=gpu, gpu_count=gpu_count, tolerations=tolerations, node_selector=node_selector,
                      cpu_limit=cpu_limit, memory_limit=memory_limit)
-        model = common(light(c.load_model(model_uri=model_uri, config=config, model_filename=model_filename,
-                                          params_filename=params_filename, s3_endpoint=s3_endpoint)),
-                       object_store_secret, "load model", cache=False, retries=2)
-        train = common(light(c.load_data(data_uri=train_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
-                       object_store_secret, "load train data", cache=False, retries=2)
-        evald = common(light(c.load_data(data_uri=eval_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
-                       object_store_secret, "load eval data", cache=False, retries=2)
+        model, train, evald = load_inputs(
+            c, model_uri=model_uri, config=config, model_filename=model_filename, params_filename=params_filename,
+            data_uri=train_data_uri, data_name="train", eval_data_uri=eval_data_uri, batch_size=batch_size,
+            secret=object_store_secret, s3_endpoint=s3_endpoint)
         student = model.outputs["model"]
         if with_prune:
             pruned = common(heavy(c.prune(model=student, config=config, device=device, batch_size=batch_size),
