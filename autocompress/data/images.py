@@ -31,8 +31,8 @@ import yaml
 
 from ..atomic import write_text_atomic
 from ..errors import DataError
-from .dataset import DATASET_FILE, FORMAT_VERSION, _check_keys, inside
-from .source import Batch, FeedSource
+from .batch import Batch
+from .folder import DATASET_FILE, FORMAT_VERSION, OpenedDataset, check_keys, inside
 
 _KEYS = {"version", "format", "list_file", "feed_name", "label_field", "samples", "preprocessing", "description"}
 _PRE_KEYS = {"color", "resize", "crop", "interpolation", "scale", "mean", "std", "layout", "dtype"}
@@ -176,8 +176,9 @@ def _parse_list(folder: Path, list_path: Path, labelled: bool, yaml_path: Path) 
     return entries
 
 
-def read_image_list(folder: Path, meta: dict, yaml_path: Path, batch_size: int) -> FeedSource:
-    _check_keys(meta, _KEYS, {"format", "list_file", "feed_name", "preprocessing"}, yaml_path)
+def read_image_list(folder: Path, meta: dict, yaml_path: Path, batch_size: int) -> OpenedDataset:
+    """Check an image-list `dataset.yaml` (`meta`, read from `yaml_path`) and its list file; decode lazily."""
+    check_keys(meta, _KEYS, {"format", "list_file", "feed_name", "preprocessing"}, yaml_path)
     pre = Preprocess.parse(meta["preprocessing"], str(yaml_path))
     feed_name = meta["feed_name"]
     label_field = meta.get("label_field")
@@ -197,9 +198,8 @@ def read_image_list(folder: Path, meta: dict, yaml_path: Path, batch_size: int) 
             label = np.asarray([[lab] for _, lab, _ in chunk], np.int64) if label_field else None
             yield Batch({feed_name: np.stack(arrays)}, label)
 
-    return FeedSource(factory, [feed_name], label_field=label_field,
-                      description=f"the image-list Dataset {folder}",
-                      num_batches=-(-len(entries) // batch_size), converted=True)
+    return OpenedDataset(factory, [feed_name], label_field, description=f"the image-list Dataset {folder}",
+                         num_batches=-(-len(entries) // batch_size))
 
 
 def _decode(path: Path, pre: Preprocess, where: str) -> np.ndarray:
