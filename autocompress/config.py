@@ -312,6 +312,17 @@ class TrainConfig(_Config):
                                  "python -m paddle.distributed.launch) or remove it")
         return self
 
+    @field_validator("amp_config")
+    @classmethod
+    def _amp(cls, v, info):
+        if v and not info.data.get("use_fleet"):  # under fleet: DistributedStrategy.amp_configs' keys
+            from .train.amp import problem
+
+            bad = problem(v)
+            if bad:
+                raise ValueError(bad)
+        return v
+
     @field_validator("eval_iter", "logging_iter")
     @classmethod
     def _iters(cls, v):

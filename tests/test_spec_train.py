@@ -1,0 +1,69 @@
+"""Spec fidelity of the training keys: each test asserts the effect a PaddleSlim user expects from a
+TrainConfig / DistillationConfig / MultiTeacherDistillationConfig key, or the clear refusal."""
+from __future__ import annotations
+
+import pytest
+
+from autocompress.config import TrainConfig, build
+from autocompress.errors import ConfigError
+from autocompress.paddle_env import legacy_ir
+
+
+def _amp_program(amp_config):
+    """A tiny static program minimized through train.amp.decorate; returns (optimizer, needs_init, programs)."""
+    from autocompress.train import amp as amp_mod
+
+    with legacy_ir() as paddle:
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [-1, 4], "float32")
+            loss = paddle.mean(paddle.static.nn.fc(paddle.static.nn.fc(x, 8), 2))
+            opt, needs_init = amp_mod.decorate(paddle.optimizer.SGD(0.1), amp_config)
+            opt.minimize(loss, startup_program=startup)
+    return opt, needs_init, main, startup
+
+
+def _fill_values(program) -> list[float]:
+    return [op.attr("value") for op in program.global_block().ops if op.type == "fill_constant"]
+
+
+def test_amp_config_paddle_keys_reach_decorate():
+    """decorate()'s own keys (common form) pass through to paddle and shape the AMP program."""
+    opt, needs_init, main, startup = _amp_program(
+        {"init_loss_scaling": 64.0, "use_dynamic_loss_scaling": True, "incr_every_n_steps": 7, "decr_ratio": 0.25,
+         "dtype": "float16", "level": "O1", "custom_black_list": ["mul"], "custom_white_list": ["elementwise_add"]})
+    assert not needs_init
+    assert (opt._init_loss_scaling, opt._use_dynamic_loss_scaling, opt._amp_level) == (64.0, True, "O1")
+    assert (opt._incr_every_n_steps, opt._decr_ratio) == (7, 0.25)
+    assert "mul" in opt._amp_lists.black_list and "elementwise_add" in opt._amp_lists.white_list
+    assert 64.0 in _fill_values(startup)                                    # the loss-scaling var starts at 64
+    ops = [op.type for op in main.global_block().ops]
+    assert "update_loss_scaling" in ops and "check_finite_and_unscale" in ops  # dynamic scaling is in the program
+    # (no fp16 casts: on CPU paddle drops every op from the white list, which is why a CPU run refuses
+    # amp_config with a DeviceError: test_train_units.test_bad_train_configs)
+
+
+def test_amp_config_spec_spelling_uses_paddle_fp16_form_with_paddleslim_defaults():
+    """The spec's O2 keys (use_pure_fp16, use_fp16_guard) go to paddle's fp16 overload; like PaddleSlim's
+    ACT, init_loss_scaling defaults to 128 and use_dynamic_loss_scaling to True."""
+    opt, needs_init, _, startup = _amp_program({"use_pure_fp16": True, "use_fp16_guard": False})
+    assert needs_init and opt._amp_level == "O2" and opt._use_fp16_guard is False
+    assert (opt._init_loss_scaling, opt._use_dynamic_loss_scaling) == (128.0, True)
+    assert opt._incr_every_n_steps == 1000 and opt._decr_ratio == 0.8   # the fp16 form's own defaults
+    opt, needs_init, _, _ = _amp_program({"custom_white_list": ["mul"], "use_dynamic_loss_scaling": False})
+    assert not needs_init and opt._amp_level == "O1" and not opt._use_dynamic_loss_scaling
+    assert "mul" in opt._amp_lists.white_list
+
+
+@pytest.mark.parametrize("amp, match", [
+    ({"init_loss_scalling": 8.0}, r"TrainConfig\.amp_config: unknown keys \['init_loss_scalling'\]; allowed .*"
+                                  r"'init_loss_scaling'"),
+    ({"use_pure_fp16": True, "level": "O2"}, r"amp_config: mixes \['use_pure_fp16'\] .* with \['level'\]"),
+    ({"level": "O3"}, r"amp_config: level must be one of \['O1', 'O2', 'OD'\]"),
+    ({"dtype": "float8"}, r"amp_config: dtype must be one of"),
+    ({"custom_white_list": "conv2d"}, r"amp_config: custom_white_list must be a list"),
+    ({"level": "OD", "custom_black_list": ["mul"]}, r"level OD .* custom lists would be ignored"),
+])
+def test_amp_config_bad_keys_fail_when_the_config_is_read(amp, match):
+    with pytest.raises(ConfigError, match=match):
+        build(TrainConfig, {"train_iter": 1, "amp_config": amp})
