@@ -8,6 +8,7 @@ but slower than FP32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -21,18 +22,74 @@ from .model_io import ModelFiles
 Predictor = Callable[[dict], list]
 
 
-def _config(files: ModelFiles, int8: bool, threads: int):
+@dataclasses.dataclass(frozen=True)
+class DeployTarget:
+    """Where the final model is measured: the runtime the user deploys on.
+
+    runtime: 'onednn' (CPU, oneDNN; int8 models with `enable_mkldnn_int8()`), 'paddle-cpu' (a stock
+    `paddle.inference.Config` on CPU, no oneDNN: what clients such as rapidocr_paddle run), 'gpu'
+    (Paddle Inference on CUDA) or 'tensorrt' (CUDA + TensorRT, int8 precision for int8 models).
+    """
+
+    runtime: str = "onednn"
+    device_id: int = 0
+
+    @classmethod
+    def for_job(cls, deploy_backend: str, place) -> "DeployTarget":
+        """The target for QuantizationConfig.deploy_backend on the resolved device (never a substitute)."""
+        from .errors import ConfigError
+        from .paddle_env import device_string
+
+        device = device_string(place)
+        on_gpu = device.startswith("gpu")
+        device_id = int(device.split(":")[1]) if on_gpu and ":" in device else 0
+        if deploy_backend == "tensorrt":
+            if not on_gpu:
+                raise ConfigError(f"deploy_backend 'tensorrt' needs a GPU, but the job runs on {device}; pass "
+                                  "devices='gpu' on a CUDA build of Paddle, or use deploy_backend 'onednn' or 'none'")
+            return cls("tensorrt", device_id)
+        if on_gpu:
+            return cls("gpu", device_id)
+        if device != "cpu":
+            raise ConfigError(f"the deployed model can be measured on cpu or gpu, not on {device}; pass devices='cpu' "
+                              "or 'gpu'")
+        return cls("onednn" if deploy_backend == "onednn" else "paddle-cpu")
+
+    def describe(self, int8: bool, threads: int, batch: int) -> str:
+        names = {"onednn": "Paddle Inference CPU oneDNN" + (" int8" if int8 else ""),
+                 "paddle-cpu": "Paddle Inference CPU (stock Config, no oneDNN)",
+                 "gpu": f"Paddle Inference GPU {self.device_id}",
+                 "tensorrt": f"Paddle Inference GPU {self.device_id} TensorRT" + (" int8" if int8 else " fp32")}
+        where = f", {threads} thread(s)" if self.runtime in ("onednn", "paddle-cpu") else ""
+        return f"{names[self.runtime]}{where}, batch {batch}"
+
+
+CPU_ONEDNN = DeployTarget("onednn")
+
+
+def _config(files: ModelFiles, int8: bool, threads: int, target: DeployTarget = CPU_ONEDNN):
     from paddle import inference
 
     if files.params_path is not None:
         config = inference.Config(str(files.model_path), str(files.params_path))
     else:
         config = inference.Config(str(files.model_path))
-    config.disable_gpu()
-    config.set_cpu_math_library_num_threads(threads)
-    config.enable_mkldnn()
-    if int8:
-        config.enable_mkldnn_int8()
+    if target.runtime in ("gpu", "tensorrt"):
+        config.enable_use_gpu(256, target.device_id)
+        if target.runtime == "tensorrt":
+            precision = inference.PrecisionType.Int8 if int8 else inference.PrecisionType.Float32
+            # quantize/dequantize models carry their scales: no TensorRT calibration pass
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=1, min_subgraph_size=3,
+                                          precision_mode=precision, use_static=False, use_calib_mode=False)
+    else:
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(threads)
+        if target.runtime == "onednn":
+            config.enable_mkldnn()
+            if int8:
+                config.enable_mkldnn_int8()
+        else:
+            config.disable_mkldnn()
     config.disable_glog_info()
     config.switch_ir_optim(True)
     return config
@@ -65,12 +122,13 @@ def _restore(saved: list[int]) -> None:
     saved.clear()
 
 
-def inference_predictor(files: ModelFiles, int8: bool = False, threads: int = 1) -> Predictor:
+def inference_predictor(files: ModelFiles, int8: bool = False, threads: int = 1,
+                        target: DeployTarget = CPU_ONEDNN) -> Predictor:
     """A Predictor (feed dict in, list of numpy outputs out) backed by a Paddle Inference predictor."""
     from paddle import inference
 
     with _quiet_native_output():
-        predictor = inference.create_predictor(_config(files, int8, threads))
+        predictor = inference.create_predictor(_config(files, int8, threads, target))
     input_names = predictor.get_input_names()
     output_names = predictor.get_output_names()
 
@@ -91,11 +149,11 @@ def measure_latency(files: ModelFiles, feed: dict, int8: bool = False, threads: 
 
 
 def compare_latency(models: list[tuple[ModelFiles, bool]], feed: dict, threads: int = 1, warmup: int = 10,
-                    rounds: int = 15, calls_per_round: int = 10) -> list[float]:
+                    rounds: int = 15, calls_per_round: int = 10, target: DeployTarget = CPU_ONEDNN) -> list[float]:
     """Milliseconds per call for each (model files, int8) pair, measured in the same process with the
     same threads. Rounds alternate between the models so that load from other processes and CPU
     frequency changes hit all of them alike; the result is the median round."""
-    predictors = [inference_predictor(files, int8=int8, threads=threads) for files, int8 in models]
+    predictors = [inference_predictor(files, int8=int8, threads=threads, target=target) for files, int8 in models]
     for predict in predictors:
         for _ in range(warmup):
             predict(feed)

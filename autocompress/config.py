@@ -228,6 +228,16 @@ class PruneConfig(_Config):
             raise ValueError(f"must be in [0, 1), got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _asp_is_2_4(self):
+        # set explicitly (even to the default): with ASP it would be silently meaningless
+        given = sorted({"pruned_ratio", "criterion"} & self.model_fields_set)
+        if self.prune_algo == "asp" and given:
+            raise ValueError(f"{' and '.join(given)} cannot be used with prune_algo 'asp': ASP is fixed 2:4 (50%) "
+                             "sparsity of the weights in prune_params_name. Remove it, or use prune_algo 'prune' "
+                             "for a ratio / criterion (channel pruning)")
+        return self
+
 
 class UnstructurePruneConfig(_Config):
     prune_strategy: Optional[Literal["gmp"]] = None
@@ -335,17 +345,6 @@ STRATEGY_CLASSES = {c.__name__: c for c in (
     QuantizationConfig, DistillationConfig, MultiTeacherDistillationConfig,
     HyperParameterOptimizationConfig, PruneConfig, UnstructurePruneConfig)}
 
-# The spec's six supported combinations, by the set of config class names.
-COMBINATIONS = {
-    frozenset({"QuantizationConfig", "HyperParameterOptimizationConfig"}): "ptq_hpo",
-    frozenset({"QuantizationConfig", "DistillationConfig"}): "qat_distill",
-    frozenset({"PruneConfig", "DistillationConfig"}): "prune_distill",
-    frozenset({"UnstructurePruneConfig", "DistillationConfig"}): "sparse_distill",
-    frozenset({"DistillationConfig"}): "distill",
-    frozenset({"MultiTeacherDistillationConfig"}): "multi_teacher_distill",
-}
-NEEDS_TRAINING = {"qat_distill", "prune_distill", "sparse_distill", "distill", "multi_teacher_distill"}
-
 
 def _format_validation_error(section: str, err: ValidationError) -> str:
     lines = []
@@ -376,28 +375,6 @@ def build(cls, value, section: str | None = None):
         return cls(**value)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(section, err)) from None
-
-
-def parse_strategy(strategy_config) -> tuple[str, dict[str, _Config]]:
-    """Validate `strategy_config` (dict of name -> dict/object, or a list of config objects).
-
-    Returns the combination name (e.g. 'ptq_hpo') and the validated config objects by class name.
-    """
-    if isinstance(strategy_config, (list, tuple)):
-        strategy_config = {type(c).__name__: c for c in strategy_config}
-    if not isinstance(strategy_config, dict) or not strategy_config:
-        raise ConfigError("strategy_config must be a non-empty dict whose keys are config class names: "
-                          f"{sorted(STRATEGY_CLASSES)}")
-    unknown = [k for k in strategy_config if k not in STRATEGY_CLASSES]
-    if unknown:
-        raise ConfigError(f"strategy_config has unknown keys {unknown}; allowed: {sorted(STRATEGY_CLASSES)}")
-    configs = {name: build(STRATEGY_CLASSES[name], value, name) for name, value in strategy_config.items()}
-    combination = COMBINATIONS.get(frozenset(configs))
-    if combination is None:
-        allowed = [" + ".join(sorted(c)) for c in COMBINATIONS]
-        raise ConfigError(f"unsupported strategy combination {sorted(configs)}; the supported ones are: "
-                          + "; ".join(allowed))
-    return combination, configs
 
 
 class EvalSection(_Config):
@@ -470,13 +447,11 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown top-level keys {unknown}; allowed: {list(RUN_SECTIONS)} + "
                           f"{sorted(STRATEGY_CLASSES)}")
-    strategy = {k: data[k] for k in data if k in STRATEGY_CLASSES}
-    combination, configs = parse_strategy(strategy)
-    train = None
-    if combination in NEEDS_TRAINING:
-        train = build(TrainConfig, data.get("TrainConfig"))
-    elif data.get("TrainConfig") is not None:
-        raise ConfigError(f"TrainConfig is set but the {combination} strategy does not train; remove it")
+    from . import strategies  # the registry imports these classes
+
+    chosen, configs = strategies.resolve({k: data[k] for k in data if k in STRATEGY_CLASSES})
+    train = strategies.resolve_train_config(chosen, data.get("TrainConfig"), "TrainConfig")
+    combination = chosen.name
     sections = {}
     for key, cls in (("Model", ModelSection), ("Data", DataSection), ("Eval", EvalSection)):
         if key == "Eval" and key not in data:

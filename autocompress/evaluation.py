@@ -263,3 +263,64 @@ def finite_metric(value, what: str) -> float:
 
 def _name(func) -> str:
     return getattr(func, "__qualname__", None) or type(func).__name__
+
+
+# ---- the one evaluator and baseline builder -----------------------------------------------------
+@dataclasses.dataclass
+class Evaluation:
+    """How every entry point scores a model: the evaluator, the original model's metric on it (the
+    baseline, measured where the model will run) and a batch-1 feed for latency."""
+
+    evaluator: Evaluator
+    baseline: float
+    sample_feed: dict
+    target: object  # backend.DeployTarget
+
+    @property
+    def metric_name(self) -> str:
+        return self.evaluator.metric_name
+
+    def score(self, files, int8: bool) -> tuple[float, str]:
+        """The model's metric and the backend it was measured on. A PaddleSlim-style callback
+        `(exe, program, feed_names, fetch_targets)` needs a static program, so it runs the saved
+        program with the executor (for int8 models: simulated int8), and the summary says so."""
+        if self.evaluator.mode == "paddleslim":
+            from .model_io import load_model
+
+            with legacy_ir():
+                model = load_model(files)
+                value = self.evaluator(None, context=ModelContext.from_model(model))
+            return value, ("Paddle static executor (the PaddleSlim-style eval_callback needs a program"
+                           + ("; int8 simulated" if int8 else "") + ")")
+        from .backend import inference_predictor
+
+        value = self.evaluator(inference_predictor(files, int8=int8, target=self.target))
+        return value, self.target.describe(int8, 1, _batch_of(self.evaluator))
+
+
+def _batch_of(evaluator: Evaluator) -> int | str:
+    if evaluator.data is None:
+        return "as the eval_callback feeds it"
+    first = evaluator.data.first()
+    return int(next(iter(first.feed.values())).shape[0])
+
+
+def build_evaluation(original, eval_callback, metric: str, feed_names: list[str], target,
+                     sample_source: FeedSource | None = None) -> Evaluation:
+    """The Evaluation of a job: `eval_callback` as the spec allows it (eval data whose last field is
+    the label, or a function), scored with `metric` when it is data; the baseline is the original
+    model's metric on `target`. The latency sample is the first eval batch, or, for a callback, the
+    first batch of `sample_source` (the calibration / training data)."""
+    from .backend import inference_predictor
+
+    reference = inference_predictor(original, int8=False, target=target)
+    evaluator = build_evaluator(eval_callback=eval_callback, metric=metric, feed_names=feed_names,
+                                reference_predict=reference)
+    source = evaluator.data if evaluator.data is not None else sample_source
+    if source is None:
+        raise ConfigError("an eval_callback function gives no sample batch for the latency comparison: pass "
+                          "calibration or training data too")
+    sample = {k: v[:1] for k, v in source.first().feed.items()}
+    partial = Evaluation(evaluator, math.nan, sample, target)
+    baseline, _ = partial.score(original, int8=False)
+    return dataclasses.replace(partial, baseline=baseline)

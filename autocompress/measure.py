@@ -1,12 +1,12 @@
-"""The comparison every entry point reports (API, CLI, pipeline `evaluate` stage): the compressed
-model next to the original, measured where it will run (Paddle Inference), in one process."""
+"""The comparison every entry point reports: the compressed model next to the original, measured
+where it will run (the job's DeployTarget), in one process, latency interleaved."""
 from __future__ import annotations
 
 import math
 
-from .backend import compare_latency, inference_predictor
+from .backend import compare_latency
 from .config import EvalSection
-from .model_io import ModelFiles, read_metadata, summarize
+from .model_io import ModelFiles, summarize
 from .summary import metric_drop
 
 INT8_DEPLOY_NOTE = (
@@ -16,17 +16,18 @@ INT8_DEPLOY_NOTE = (
     "but slower than FP32.")
 
 
-def compare_models(original: ModelFiles, compressed: ModelFiles, evaluator, baseline: float, sample_feed: dict,
+def compare_models(original: ModelFiles, compressed: ModelFiles, meta: dict, evaluation,
                    eval_settings: EvalSection, latency_threads: int = 1) -> dict:
-    """Summary fields comparing `compressed` with `original`. `baseline` is the original's metric from
-    the same evaluator; `sample_feed` (batch 1) drives the latency comparison."""
-    meta = read_metadata(compressed.model_dir) or {}
+    """Summary fields comparing `compressed` (with its stage metadata `meta`) against `original`.
+    `evaluation` (evaluation.Evaluation) holds the evaluator, the baseline and the deploy target."""
     int8 = meta.get("precision") == "int8"
-    deployed = evaluator(inference_predictor(compressed, int8=int8))
+    deployed, metric_backend = evaluation.score(compressed, int8)
+    sample_feed = evaluation.sample_feed
     shapes = {k: list(v.shape) for k, v in sample_feed.items()}
     before, after = summarize(original, shapes), summarize(compressed, shapes)
     lat_before, lat_after = compare_latency([(original, False), (compressed, int8)], sample_feed,
-                                            threads=latency_threads)
+                                            threads=latency_threads, target=evaluation.target)
+    baseline = evaluation.baseline
     drop = metric_drop(baseline, deployed, eval_settings.drop_type)
     warnings = []
     if lat_after > lat_before:
@@ -40,6 +41,8 @@ def compare_models(original: ModelFiles, compressed: ModelFiles, evaluator, base
         "baseline_metric": baseline,
         "metric": deployed,
         "metric_drop": drop,
+        "metric_name": evaluation.metric_name,
+        "metric_backend": metric_backend,
         "budget": f"max {eval_settings.drop_type} drop {eval_settings.max_drop}",
         "target_met": bool(math.isfinite(deployed) and drop <= eval_settings.max_drop + 1e-12),
         "engine_metric": engine_metric,
@@ -48,8 +51,7 @@ def compare_models(original: ModelFiles, compressed: ModelFiles, evaluator, base
         "params_before": before.get("params"), "params_after": after.get("params"),
         "flops_before": before.get("flops"), "flops_after": after.get("flops"),
         "latency_ms_before": lat_before, "latency_ms_after": lat_after,
-        "latency_backend": f"Paddle Inference CPU{' oneDNN int8' if int8 else ''}, {latency_threads} thread(s), "
-                           "batch 1",
+        "latency_backend": evaluation.target.describe(int8, latency_threads, 1),
         "precision": meta.get("precision", "fp32"),
         "warnings": warnings,
     }

@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from autocompress import config as cfg
+from autocompress import strategies
 from autocompress.errors import ConfigError
 
 
@@ -28,27 +29,27 @@ def test_spec_defaults():
     ({"MultiTeacherDistillationConfig": {"teacher_model_dir": ["a"]}}, "multi_teacher_distill"),
 ])
 def test_six_combinations(strategy, name):
-    assert cfg.parse_strategy(strategy)[0] == name
+    assert strategies.resolve(strategy)[0].name == name
 
 
 def test_config_objects_accepted():
-    combo, configs = cfg.parse_strategy([cfg.QuantizationConfig(weight_bits=8), cfg.HyperParameterOptimizationConfig()])
-    assert combo == "ptq_hpo" and configs["QuantizationConfig"].weight_bits == 8
+    combo, configs = strategies.resolve([cfg.QuantizationConfig(weight_bits=8), cfg.HyperParameterOptimizationConfig()])
+    assert combo.name == "ptq_hpo" and configs["QuantizationConfig"].weight_bits == 8
 
 
 def test_unsupported_combination_lists_the_supported_ones():
     with pytest.raises(ConfigError, match="unsupported strategy combination.*PruneConfig.*QuantizationConfig"):
-        cfg.parse_strategy({"QuantizationConfig": {}, "PruneConfig": {}})
+        strategies.resolve({"QuantizationConfig": {}, "PruneConfig": {}})
 
 
 def test_unknown_key_names_key_and_allowed():
     with pytest.raises(ConfigError, match=r"QuantizationConfig.weight_bitz: unknown key; allowed keys: .*weight_bits"):
-        cfg.parse_strategy({"QuantizationConfig": {"weight_bitz": 8}, "HyperParameterOptimizationConfig": {}})
+        strategies.resolve({"QuantizationConfig": {"weight_bitz": 8}, "HyperParameterOptimizationConfig": {}})
 
 
 def test_unknown_strategy_class():
     with pytest.raises(ConfigError, match="unknown keys \\['QuantConfig'\\]"):
-        cfg.parse_strategy({"QuantConfig": {}})
+        strategies.resolve({"QuantConfig": {}})
 
 
 def test_unknown_ptq_algo():

@@ -147,12 +147,13 @@ def test_command_matches_fleet_launch(rendered):
 
 
 def test_run_config_uses_fleet(rendered):
-    from autocompress.config import NEEDS_TRAINING, load_run_config
+    from autocompress import strategies
+    from autocompress.config import load_run_config
 
     _, docs = rendered
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "autocompress-training-config")
     rc = load_run_config(yaml.safe_load(cm["data"]["config.yaml"]))
-    assert rc.combination in NEEDS_TRAINING and "DistillationConfig" in rc.strategy
+    assert strategies.get(rc.combination).trains and "DistillationConfig" in rc.strategy
     assert rc.train.use_fleet is True
     assert rc.Device == "gpu"
 

@@ -67,3 +67,50 @@ def test_amp_config_spec_spelling_uses_paddle_fp16_form_with_paddleslim_defaults
 def test_amp_config_bad_keys_fail_when_the_config_is_read(amp, match):
     with pytest.raises(ConfigError, match=match):
         build(TrainConfig, {"train_iter": 1, "amp_config": amp})
+
+
+# -- use_fleet / recompute_config / sharding_config -------------------------------------------------------------
+
+QUICK = {"train_iter": 3, "eval_iter": 3, "optimizer": "SGD", "learning_rate": 0.001}
+
+
+def _distill(digits_files, digits_data, tmp_path, distill=None, train=None, **kw):
+    from autocompress.train import run_distill
+    from test_train_support import top1_evaluator, train_source
+
+    x, y = digits_data["eval"]
+    return run_distill(digits_files, train_source(digits_data["train"][0]), top1_evaluator(x[:200], y[:200]),
+                       distill or {}, dict(QUICK, **(train or {})), tmp_path / "out", **kw)
+
+
+@pytest.fixture
+def one_rank_launch(monkeypatch):
+    """The environment paddle.distributed.launch gives the single process of a one-device job."""
+    for key, value in {"PADDLE_TRAINERS_NUM": "1", "PADDLE_TRAINER_ID": "0",
+                       "PADDLE_TRAINER_ENDPOINTS": "127.0.0.1:61701", "PADDLE_CURRENT_ENDPOINT": "127.0.0.1:61701"}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_use_fleet_under_a_launcher_trains_with_fleet_and_recompute(digits_files, digits_data, tmp_path,
+                                                                   one_rank_launch, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="autocompress.train"):
+        result = _distill(digits_files, digits_data, tmp_path,
+                          train={"use_fleet": True, "recompute_config": {"checkpoints": ["conv2d_1.tmp_0"]}})
+    assert result["steps"] == 3
+    assert "fleet: rank 0 of 1; applied" in caplog.text and "RecomputeOptimizer" in caplog.text
+
+
+@pytest.mark.parametrize("train, match", [
+    ({"sharding_config": {"sharding_degree": 1}}, r"sharding_config splits the optimizer state across ranks, but "
+                                                  r"this job has 1 rank"),
+    ({"recompute_config": {"checkpoints": []}}, r"recompute_config needs checkpoints"),
+    ({"recompute_config": {"checkpoints": ["nope.tmp_0"]}}, r"recompute_config.checkpoints \['nope.tmp_0'\] are not vars"),
+    ({"recompute_config": {"checkpointz": ["conv2d_1.tmp_0"]}}, r"TrainConfig.recompute_config .*checkpointz.*allowed "
+                                                                r"keys: .*'checkpoints'"),
+])
+def test_fleet_strategies_paddle_would_skip_are_refused(digits_files, digits_data, tmp_path, one_rank_launch, train,
+                                                         match):
+    with pytest.raises(ConfigError, match=match):
+        _distill(digits_files, digits_data, tmp_path, train=dict(train, use_fleet=True))

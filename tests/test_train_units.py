@@ -1,7 +1,6 @@
 """Unit tests of the training pieces: trainable programs, teacher merging, losses, config errors."""
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pytest
@@ -204,11 +203,12 @@ def test_optimizer_args_and_spec_spelling_grid_clip():
         assert isinstance(lr, paddle.optimizer.lr.PiecewiseDecay)
 
 
-def test_use_fleet_single_process_falls_back_and_says_so(digits_files, digits_data, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="autocompress.train"):
-        result = _distill_error(digits_files, digits_data, tmp_path, {}, dict(QUICK, use_fleet=True))
-    assert result["steps"] == 3
-    assert "use_fleet=True but this is a single process" in caplog.text
+def test_use_fleet_in_a_process_no_launcher_started_is_refused(digits_files, digits_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("PADDLE_TRAINERS_NUM", raising=False)
+    for train in ({"use_fleet": True}, {"use_fleet": True, "recompute_config": {"checkpoints": ["conv2d_1.tmp_0"]}}):
+        with pytest.raises(ConfigError, match=r"use_fleet: true .*python -m paddle.distributed.launch.* or remove "
+                                              r"use_fleet \(and recompute_config / sharding_config\)"):
+            _distill_error(digits_files, digits_data, tmp_path, {}, dict(QUICK, **train))
 
 
 def test_lr_scheduler_object_through_the_api(digits_files, digits_data, tmp_path):

@@ -6,6 +6,10 @@ Groups run along the reduction (input) dimension, as the hardware needs:
   trans_y); conv filter [O, I, kh, kw]: along I for each (o, kh, kw), i.e. channel-last order.
 A weight whose input dimension is not a multiple of 4 cannot hold the pattern and is skipped
 (reported). The spec's `asp` covers fully-connected layers; convs are opt-in (`include_convs`).
+`PruneConfig.prune_params_name` names the weights instead (as PaddleSlim's ASP excludes every
+parameter not in that list): only those get masks, convs included, and a named weight that cannot
+hold 2:4 is a ConfigError. ASP is 2:4 by definition: `pruned_ratio` and `criterion` are refused
+with it (config.PruneConfig).
 Masks are computed once from the trained weights and re-applied after every optimizer step.
 """
 from __future__ import annotations
@@ -36,21 +40,49 @@ def input_dim(use: WeightUse) -> int:
     return use.shape[-1] if use.trans_y else use.shape[0]
 
 
-def eligible(program, include_convs: bool = False) -> tuple[dict[str, WeightUse], dict[str, str]]:
-    """(eligible weights, skipped weights with the reason)."""
+def _why_not(use: WeightUse) -> str | None:
+    """Why `use` cannot hold the 2:4 pattern (None: it can)."""
+    if use.is_conv and (use.groups != 1 or use.op_type == "conv2d_transpose"):
+        return f"{use.op_type} with groups={use.groups} has no dense input dimension"
+    if len(use.shape) not in (2, 4):
+        return f"rank-{len(use.shape)} weight"
+    if input_dim(use) % M:
+        return f"input dimension {input_dim(use)} is not a multiple of {M}"
+    return None
+
+
+def eligible(program, include_convs: bool = False, names=None) -> tuple[dict[str, WeightUse], dict[str, str]]:
+    """(eligible weights, skipped weights with the reason). `names` (PruneConfig.prune_params_name):
+    exactly these weights, convs included; one that cannot hold 2:4 is a ConfigError."""
+    uses = weight_params(program)
+    if names is not None:
+        return _named(uses, list(names)), {}
     ok, skipped = {}, {}
-    for name, use in weight_params(program).items():
+    for name, use in uses.items():
         if use.is_conv and not include_convs:
             continue
-        if use.is_conv and (use.groups != 1 or use.op_type == "conv2d_transpose"):
-            skipped[name] = f"{use.op_type} with groups={use.groups} has no dense input dimension"
-        elif len(use.shape) not in (2, 4):
-            skipped[name] = f"rank-{len(use.shape)} weight"
-        elif input_dim(use) % M:
-            skipped[name] = f"input dimension {input_dim(use)} is not a multiple of {M}"
+        why = _why_not(use)
+        if why:
+            skipped[name] = why
         else:
             ok[name] = use
     return ok, skipped
+
+
+def _named(uses: dict[str, WeightUse], names: list[str]) -> dict[str, WeightUse]:
+    valid = sorted(n for n, u in uses.items() if _why_not(u) is None)
+    if not names:
+        raise ConfigError(f"PruneConfig.prune_params_name is empty; give weight names from {valid} or leave it "
+                          "out to mask every eligible fc / matmul weight")
+    out = {}
+    for name in names:
+        use = uses.get(name)
+        why = "not a conv / fc / matmul weight of this model" if use is None else _why_not(use)
+        if why:
+            raise ConfigError(f"PruneConfig.prune_params_name: {name!r} cannot get 2:4 masks: {why}. "
+                              f"Weights that can: {valid}")
+        out[name] = use
+    return out
 
 
 def mask_2_4(w: np.ndarray, use: WeightUse) -> np.ndarray:
@@ -69,8 +101,8 @@ def check_2_4(w: np.ndarray, use: WeightUse) -> float:
 
 
 class ASPPruner:
-    def __init__(self, program, scope, include_convs: bool = False, place=None):
-        self.uses, self.skipped = eligible(program, include_convs)
+    def __init__(self, program, scope, include_convs: bool = False, place=None, names=None):
+        self.uses, self.skipped = eligible(program, include_convs, names)
         if not self.uses:
             what = "fc / matmul or conv" if include_convs else "fc / matmul"
             raise ConfigError(f"PruneConfig prune_algo 'asp': no {what} weight whose input dimension is a multiple "
@@ -107,8 +139,9 @@ class ASPPruner:
                 "per_tensor": {n: float((w == 0).mean()) for n, w in weights.items()}}
 
 
-def asp_model(files, out_dir, include_convs: bool = False, place=None) -> dict:
-    """One-shot 2:4 masks on a copy of `files` (never modified), saved atomically into `out_dir`.
+def asp_model(files, out_dir, include_convs: bool = False, place=None, names=None) -> dict:
+    """One-shot 2:4 masks on a copy of `files` (never modified), saved atomically into `out_dir`;
+    `names`: only these weights (PruneConfig.prune_params_name).
     Fine-tuning must keep the masks: `prune.run.run_prune_distill(..., pruned_input=True)`."""
     from .. import model_io
     from ..paddle_env import legacy_ir
@@ -117,7 +150,7 @@ def asp_model(files, out_dir, include_convs: bool = False, place=None) -> dict:
     guard = model_io.InputGuard(files)
     with legacy_ir():
         model = model_io.load_model(files, place)
-        pruner = ASPPruner(model.program, model.scope, include_convs=include_convs, place=place)
+        pruner = ASPPruner(model.program, model.scope, include_convs=include_convs, place=place, names=names)
         pruner.prune()
         report = pruner.report()
         params = model_io.count_params(model.program)

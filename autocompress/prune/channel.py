@@ -224,7 +224,7 @@ def prune_model(files, config, out_dir, feed_shapes=None, place=None) -> dict:
     if config.prune_algo == "asp":  # the pipeline's prune stage serves both algorithms
         from .asp import asp_model
 
-        return asp_model(files, out_dir, place=place)
+        return asp_model(files, out_dir, place=place, names=config.prune_params_name)
     guard = model_io.InputGuard(files)
     with legacy_ir():
         model = model_io.load_model(files, place)

@@ -170,7 +170,8 @@ def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, 
         if is_asp:
             from .asp import ASPPruner
 
-            pruner = ASPPruner(student.program, student.scope, include_convs=asp_include_convs, place=place)
+            pruner = ASPPruner(student.program, student.scope, include_convs=asp_include_convs, place=place,
+                               names=config.prune_params_name)
         else:
             from .unstructured import UnstructuredPruner
 

@@ -155,11 +155,12 @@ def train_program(student, teachers: list[TeacherSpec], train_source, evaluator,
             optimizer = build_optimizer(tc.optimizer, lr, tc.optim_args)
             needs_amp_init = False
             if parallel.enabled:
-                optimizer = fleet_mod.wrap_optimizer(optimizer, tc, parallel)
+                optimizer = fleet_mod.wrap_optimizer(optimizer, tc, parallel, main)
             else:
                 optimizer, needs_amp_init = amp_mod.decorate(optimizer, tc.amp_config)
             with patched_for_legacy():
                 optimizer.minimize(total, startup_program=startup)
+            fleet_mod.check_applied(tc, parallel)
         with paddle.static.scope_guard(scope):
             exe.run(startup)
             if needs_amp_init:

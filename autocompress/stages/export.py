@@ -1,0 +1,61 @@
+"""The `export` stage: the deliverable in one folder — `model/` (the input's format and file names,
+metadata, model card), `summary.json`, `report.md`, `trials.json` — optionally published to an
+object-store prefix or another folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import write_json_atomic, write_text_atomic
+from ..version import __version__
+from .artifact import ModelArtifact
+
+MODEL_CARD_FILE = "MODEL_CARD.md"
+
+
+def export(model: ModelArtifact, summary: dict, dest, publish_uri: str | None = None) -> dict:
+    """Write the deliverable into `dest` (files replaced atomically, other content of `dest` kept).
+    Returns {summary, published: [...]}."""
+    from .. import storage
+    from ..summary import write_summary
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "model_dir": str(dest / "model"), "save_dir": str(dest)}
+    if publish_uri:
+        summary.update(model_dir=_join(publish_uri, "model"), save_dir=publish_uri)
+    meta = {**model.meta, "metric": summary["metric"], "baseline_metric": summary["baseline_metric"]}
+    # the copy is read before the rename, so `model` may be the engine's output in dest/model itself
+    saved = ModelArtifact(model.files, meta, model.trials, model.curve).save(dest / "model")
+    write_text_atomic(saved.files.model_dir / MODEL_CARD_FILE, model_card(saved.meta, summary))
+    write_json_atomic(dest / "trials.json", model.trials)
+    write_summary(dest, summary)
+    published = []
+    if publish_uri:
+        published = storage.publish(dest / "model", _join(publish_uri, "model"))
+        for name in ("summary.json", "report.md", "trials.json"):
+            published += storage.publish(dest / name, _join(publish_uri, name))
+    return {"summary": summary, "published": published}
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
+
+
+def model_card(meta: dict, summary: dict) -> str:
+    inputs = ", ".join(f"`{i['name']}` {i.get('dtype', '')} {i.get('shape')}" for i in meta.get("inputs") or [])
+    lines = [
+        f"# Model card: {meta.get('model_filename')}",
+        "",
+        f"- Produced by autocompress {__version__}, strategy `{summary.get('strategy')}`, from `{meta.get('parent')}`.",
+        f"- Format: {meta.get('format')} (same file names as the input model); precision {summary.get('precision')}.",
+        f"- Inputs: {inputs or 'n/a'}.",
+        f"- {summary.get('metric_name')}: {summary.get('metric'):.4f} (original {summary.get('baseline_metric'):.4f}, "
+        f"drop {summary.get('metric_drop'):.4f}; budget {summary.get('budget')}: "
+        f"{'met' if summary.get('target_met') else 'NOT met'}), measured on {summary.get('metric_backend')}.",
+        f"- Size {summary.get('size_bytes_after')} bytes (original {summary.get('size_bytes_before')}).",
+        "",
+        "Load it exactly like the original: `paddle.inference.Config(model_file, params_file)`.",
+    ]
+    if summary.get("deploy_note"):
+        lines += ["", summary["deploy_note"]]
+    return "\n".join(lines) + "\n"
