@@ -1,7 +1,6 @@
 """Unit tests of the training pieces: trainable programs, teacher merging, losses, config errors."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
