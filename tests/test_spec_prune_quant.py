@@ -76,3 +76,21 @@ def test_asp_refuses_a_ratio_or_criterion(key, value):
         build(PruneConfig, {"prune_algo": "asp", key: value})
     assert build(PruneConfig, {"prune_algo": "prune", key: value})  # fine for channel pruning
     assert build(PruneConfig, {"prune_algo": "asp"}).prune_algo == "asp"
+
+
+# --- 2. GMP raises TrainConfig.eval_iter: visibly ----------------------------------------------------
+
+def test_gmp_raising_eval_iter_is_a_recorded_warning(digits_copy, digits_io, tmp_path, caplog):
+    from autocompress.prune.run import run_sparse_distill
+
+    train, evaluator = digits_io
+    gmp = {"prune_strategy": "gmp", "prune_ratio": 0.5,
+           "gmp_config": {"pruning_iterations": 6, "tunning_iterations": 4, "pruning_steps": 2}}
+    with caplog.at_level("WARNING", logger="autocompress.prune"):
+        r = run_sparse_distill(digits_copy, train, evaluator, gmp, {}, dict(SHORT_TRAIN, train_iter=12, eval_iter=2),
+                               tmp_path / "run", progress=False)
+    notes = [w for w in r["warnings"] if "eval_iter" in w]
+    assert len(notes) == 1
+    assert "eval_iter 2" in notes[0] and "6" in notes[0] and "ramp" in notes[0]
+    assert any(rec.levelname == "WARNING" and rec.getMessage() == notes[0] for rec in caplog.records)
+    assert r["curve"] and all(c["step"] >= 6 for c in r["curve"])  # the effective eval_iter was used

@@ -179,13 +179,19 @@ def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, 
             pruner = UnstructuredPruner(student.program, student.scope, config, total_iters=total, place=place)
         sparsity_before = scope_sparsity(student.scope, pruner.names)["overall"]
         pruner.start()  # masks on the private copy; the engine copies the masked weights
+        warnings = []
         if getattr(pruner, "schedule", None) is not None:
             # Only evaluate once the ramp is done: the engine keeps the best *evaluated* weights, and
             # a checkpoint from mid-ramp would hold less than the target sparsity.
             ramp_end = pruner.schedule.stable + pruner.schedule.pruning
             if tc.eval_iter < ramp_end:
-                log.info("GMP: evaluating every %d steps (from %d) so that only fully sparse weights can be "
-                         "selected", ramp_end, tc.eval_iter)
+                note = (f"GMP: TrainConfig eval_iter {tc.eval_iter} raised to {ramp_end} (evaluating every "
+                        f"{ramp_end} steps): the sparsity ramp ends at step {ramp_end} (gmp_config "
+                        "stable_iterations + pruning_iterations), and only weights at the full prune_ratio may be "
+                        "evaluated and selected as the best model. Set eval_iter >= "
+                        f"{ramp_end} to silence this")
+                log.warning(note)
+                warnings.append(note)
                 tc = tc.model_copy(update={"eval_iter": ramp_end})
             train_kwargs.setdefault("evaluate_initial", False)
         result, save_trained = _distill(student, teacher, dc, train_source, evaluator, tc, save_dir, place,
@@ -200,7 +206,6 @@ def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, 
                 pruner.prune(config.prune_ratio)
         pruner.masks.apply(result.scope, result.place)
         report = pruner.report()
-        warnings = []
         if scope_sparsity(result.scope, pruner.names)["zeros"] != trained_zeros:
             # the selected weights were not fully masked (should not happen): the engine's metric no
             # longer describes them, so measure again
