@@ -114,3 +114,26 @@ def test_fleet_strategies_paddle_would_skip_are_refused(digits_files, digits_dat
                                                          match):
     with pytest.raises(ConfigError, match=match):
         _distill(digits_files, digits_data, tmp_path, train=dict(train, use_fleet=True))
+
+
+# -- UnstructurePruneConfig.gmp_config.resume_iteration -----------------------------------------------------------
+
+def test_gmp_resume_iteration_starts_the_schedule_there(digits_files, digits_data, tmp_path):
+    """PaddleSlim's GMP pops the ratios of the first resume_iteration iterations: a run resumed at 8 of a
+    10-iteration ramp starts at ratio(8) and reaches the target after 2 of its own steps."""
+    from autocompress.prune.run import run_sparse_distill
+    from autocompress.prune.unstructured import GMPSchedule
+    from test_train_support import top1_evaluator, train_source
+
+    gmp = {"stable_iterations": 0, "pruning_iterations": 10, "tunning_iterations": 0, "pruning_steps": 10,
+           "initial_ratio": 0.1}
+    config = {"prune_strategy": "gmp", "prune_ratio": 0.5, "gmp_config": dict(gmp, resume_iteration=8)}
+    x, y = digits_data["eval"]
+    result = run_sparse_distill(digits_files, train_source(digits_data["train"][0]), top1_evaluator(x[:200], y[:200]),
+                                config, {}, QUICK, tmp_path / "out", progress=False)
+    schedule = GMPSchedule(0.5, None, gmp)
+    history = [tuple(h) for h in result["sparsity"]["ratio_history"]]
+    assert history[:3] == [(8, schedule.ratio(8)), (9, schedule.ratio(9)), (10, 0.5)]
+    assert schedule.ratio(8) > 0.4 and result["sparsity_after"] == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ConfigError, match=r"resume_iteration must be >= 0"):
+        GMPSchedule(0.5, None, dict(gmp, resume_iteration=-1))

@@ -40,7 +40,7 @@ def _stats(model, feed_shapes=None) -> dict:
 
 class _MaskHook:
     """after_step adapter: the engine trains in its own scope, so the pruner follows `ctx.scope`;
-    `ctx.step` (1-based, survives resume) drives the GMP schedule."""
+    `ctx.step` (1-based, survives resume), offset by gmp_config.resume_iteration, drives the GMP schedule."""
 
     def __init__(self, pruner):
         self.pruner = pruner
@@ -48,7 +48,8 @@ class _MaskHook:
     def __call__(self, ctx):
         self.pruner.scope, self.pruner.place = ctx.scope, ctx.place
         if hasattr(self.pruner, "iteration"):
-            self.pruner.iteration = ctx.step - 1  # step() advances it to ctx.step
+            schedule = getattr(self.pruner, "schedule", None)
+            self.pruner.iteration = (schedule.start if schedule else 0) + ctx.step - 1  # step() adds 1
         self.pruner.step()
 
 
@@ -183,12 +184,12 @@ def _run_masked(model_files, train_source, evaluator, config, dc, tc, save_dir, 
         if getattr(pruner, "schedule", None) is not None:
             # Only evaluate once the ramp is done: the engine keeps the best *evaluated* weights, and
             # a checkpoint from mid-ramp would hold less than the target sparsity.
-            ramp_end = pruner.schedule.stable + pruner.schedule.pruning
+            ramp_end = pruner.schedule.ramp_steps_left
             if tc.eval_iter < ramp_end:
                 note = (f"GMP: TrainConfig eval_iter {tc.eval_iter} raised to {ramp_end} (evaluating every "
                         f"{ramp_end} steps): the sparsity ramp ends at step {ramp_end} (gmp_config "
-                        "stable_iterations + pruning_iterations), and only weights at the full prune_ratio may be "
-                        "evaluated and selected as the best model. Set eval_iter >= "
+                        "stable_iterations + pruning_iterations - resume_iteration), and only weights at the full "
+                        "prune_ratio may be evaluated and selected as the best model. Set eval_iter >= "
                         f"{ramp_end} to silence this")
                 log.warning(note)
                 warnings.append(note)

@@ -98,17 +98,24 @@ class GMPSchedule:
         # PaddleSlim's default is 100 steps on long runs; short runs get one step per ~5 iterations
         self.steps = max(1, min(int(steps) if steps else 100, self.pruning))
         self.initial = float(cfg.get("initial_ratio", 0.15))
-        self.start = max(0, int(cfg.get("resume_iteration", 0) or 0))
-        for key in ("stable_iterations", "pruning_iterations", "tunning_iterations"):
+        # PaddleSlim's resume_iteration: this run's step 1 is schedule iteration start + 1
+        self.start = int(cfg.get("resume_iteration", 0) or 0)
+        for key in ("stable_iterations", "pruning_iterations", "tunning_iterations", "resume_iteration"):
             if key in cfg and int(cfg[key]) < 0:
                 raise ConfigError(f"gmp_config.{key} must be >= 0, got {cfg[key]}")
-        if total_iters and self.stable + self.pruning > total_iters:
+        if total_iters and self.ramp_steps_left > total_iters:
             raise ConfigError(
                 f"gmp_config ramps the sparsity until iteration {self.stable + self.pruning} (stable_iterations "
-                f"{self.stable} + pruning_iterations {self.pruning}) but training runs {total_iters} iterations; "
-                "lower pruning_iterations / stable_iterations or train longer (TrainConfig epochs / train_iter)")
+                f"{self.stable} + pruning_iterations {self.pruning}, resuming at {self.start}) but training runs "
+                f"{total_iters} iterations; lower pruning_iterations / stable_iterations or train longer "
+                "(TrainConfig epochs / train_iter)")
         if not 0.0 <= self.initial <= self.target:
             raise ConfigError(f"gmp_config.initial_ratio must be in [0, prune_ratio={self.target}], got {self.initial}")
+
+    @property
+    def ramp_steps_left(self) -> int:
+        """This run's optimizer steps until the target ratio (resume_iteration counts as done)."""
+        return max(0, self.stable + self.pruning - self.start)
 
     def ratio(self, iteration: int) -> float:
         t = iteration - self.stable
@@ -122,7 +129,7 @@ class GMPSchedule:
     def to_dict(self) -> dict:
         return {"stable_iterations": self.stable, "pruning_iterations": self.pruning,
                 "tunning_iterations": self.tunning, "pruning_steps": self.steps, "initial_ratio": self.initial,
-                "target_ratio": self.target}
+                "resume_iteration": self.start, "target_ratio": self.target}
 
 
 class UnstructuredPruner:
