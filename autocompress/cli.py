@@ -36,7 +36,7 @@ def cmd_run(args) -> int:
         if args.publish:
             _publish(summary, args.publish)
         return 0
-    from .kfp_runner import run_local
+    from .kfp.local_run import run_local
 
     run = run_local(args.config, save_dir=args.save_dir, publish_uri=args.publish,
                     progress="verbose" if args.verbose_stages else not args.quiet)
@@ -60,7 +60,7 @@ def _publish(summary: dict, uri: str) -> None:
 
 
 def cmd_compile(args) -> int:
-    from .kfp_runner import compile_pipelines
+    from .kfp.compile import compile_pipelines
 
     for path in compile_pipelines(args.output_dir, image_repository=args.image_repository):
         print(path)
@@ -74,7 +74,7 @@ def _cluster_options(args) -> dict:
 
 
 def cmd_submit(args) -> int:
-    from .kfp_runner import submit
+    from .kfp.cluster import submit
 
     result = submit(args.config, run_name=args.run_name, **_cluster_options(args))
     print(json.dumps(result, indent=2))
@@ -82,7 +82,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_schedule(args) -> int:
-    from .kfp_runner import schedule
+    from .kfp.cluster import schedule
 
     result = schedule(args.config, args.cron, job_name=args.job_name, **_cluster_options(args))
     print(json.dumps(result, indent=2))
@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML file: Model, Data, Eval, Device, SaveDir + strategy configs")
     run.add_argument("--save-dir", help="overrides SaveDir")
     run.add_argument("--in-process", action="store_true",
-                     help="call the engine directly instead of running the pipeline (for debugging)")
+                     help="run the same stages in this process instead of one process per stage through the "
+                          "KFP local runner (notebooks, PaddleJob ranks, no kfp needed)")
     run.add_argument("--publish", metavar="URI", help="also publish the final model + card to s3://... or minio://...")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--verbose-stages", action="store_true", help="echo every pipeline stage's full log")

@@ -29,7 +29,7 @@ def in_process(config: Path, save_dir: Path) -> tuple[float, dict]:
 
 
 def pipeline(config: Path, save_dir: Path) -> tuple[float, dict]:
-    from autocompress.kfp_runner import run_local
+    from autocompress.kfp.local_run import run_local
 
     start = time.perf_counter()
     run = run_local(config, save_dir=save_dir, progress=False)
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     config = Path(a.config).resolve()
     # warm the builtin model / data cache so neither side pays for training the demo model
     from autocompress.config import load_run_config
-    from autocompress.kfp_runner import _materialize_builtin
+    from autocompress.kfp.local_run import _materialize_builtin
 
     _materialize_builtin(load_run_config(config))
     rows = {"in-process": [], "local pipeline": []}

@@ -11,7 +11,7 @@ import yaml
 pytest.importorskip("kfp", reason="the Kubeflow layer needs kfp (pip install 'autocompress[kfp]')")
 pytest.importorskip("kfp.kubernetes", reason="needs kfp-kubernetes")
 
-from autocompress import kfp_runner  # noqa: E402
+from autocompress.kfp import compile as kfp_compile  # noqa: E402
 from autocompress.kfp import CPU_IMAGE, GPU_IMAGE, pipelines  # noqa: E402
 from autocompress.kfp.pipelines.common import DEFAULT_SECRET, SECRET_KEYS  # noqa: E402
 from autocompress.version import __version__  # noqa: E402
@@ -25,7 +25,7 @@ HEAVY = {"calibrate", "ptq-trial", "prune", "distill-train", "evaluate"}
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("compiled")
-    kfp_runner.compile_pipelines(out)
+    kfp_compile.compile_pipelines(out)
     return {p.stem: yaml.safe_load_all(p.read_text()) for p in out.glob("*.yaml")}, out
 
 
@@ -55,9 +55,9 @@ def test_every_combination_compiles_in_both_variants(compiled):
 
 
 def test_committed_compiled_files_are_current():
-    stale = kfp_runner.stale_files(COMPILED, COMPONENTS)
+    stale = kfp_compile.stale_files(COMPILED, COMPONENTS)
     assert not stale, ("compiled pipelines are stale; regenerate with `autocompress compile` "
-                       f"(or python -m autocompress.kfp_runner): {stale}")
+                       f"(or python -m autocompress.kfp.compile): {stale}")
 
 
 EXPECTED_STAGES = {
@@ -169,11 +169,11 @@ def test_no_credential_in_any_compiled_file():
 
 
 def test_image_override_and_component_specs(tmp_path):
-    [path] = kfp_runner.compile_pipelines(tmp_path / "p", names=["distill_cpu"],
+    [path] = kfp_compile.compile_pipelines(tmp_path / "p", names=["distill_cpu"],
                                           image_repository="registry.local/ac")
     text = path.read_text()
     assert "ghcr.io/autocompress" not in text and f"registry.local/ac:{__version__}" in text
-    comps = kfp_runner.compile_pipelines(tmp_path / "p2", names=["distill"], components_dir=tmp_path / "c")
+    comps = kfp_compile.compile_pipelines(tmp_path / "p2", names=["distill"], components_dir=tmp_path / "c")
     assert sorted(p.stem for p in comps if p.parent == tmp_path / "c") == sorted(
         ["calibrate", "distill_train", "evaluate", "export", "load_data", "load_model", "prune", "ptq_trial",
          "select_best"])

@@ -41,9 +41,9 @@ def test_load_model_copies_untouched_with_metadata(loaded, digits_files, hashes)
     meta = json.loads((Path(model.path) / "autocompress.json").read_text())
     assert meta["format"] == "pdmodel" and meta["parent"] == str(digits_files.model_dir)
     assert meta["stages"][0]["stage"] == "load_model" and "inputs" not in meta  # no Paddle in load_model
-    from autocompress import stages
+    from autocompress.kfp import adapters
 
-    facts = stages.describe(model.path)  # the first stage that loads the program records its facts
+    facts = adapters.describe(model.path)  # the first stage that loads the program records its facts
     assert facts["inputs"][0]["name"] == "x" and facts["params"] > 0
     src = hashes(digits_files.model_dir)
     dst = hashes(model.path)
@@ -81,13 +81,13 @@ def test_ptq_components_chain(loaded, tmp_path):
     assert best.metadata["metric"] == max(x.metadata["metric"] for x in candidates)
     best_meta = json.loads((Path(best.path) / "autocompress.json").read_text())
     assert best_meta["precision"] == "int8"
-    assert [s["stage"] for s in best_meta["stages"]] == ["load_model", "calibrate", "ptq_trial", "ptq_trial",
+    assert [s["stage"] for s in best_meta["stages"]] == ["load_model", "calibrate", "ptq_search", "ptq_search",
                                                          "select_best"]
     assert len(json.loads((Path(best.path) / "trials.json").read_text())) == 2
 
     metrics, confusion = art(dsl.Metrics, tmp_path, "m"), art(dsl.ClassificationMetrics, tmp_path, "cm")
     summary = art(dsl.Artifact, tmp_path, "summary")
-    c.evaluate.python_func(model=best, baseline=model, eval_data=evald, metrics=metrics, confusion=confusion,
+    c.evaluate.python_func(model=best, baseline=model, eval_data=evald, config=PTQ_CONFIG, metrics=metrics, confusion=confusion,
                            summary=summary)
     s = json.loads((Path(summary.path) / "summary.json").read_text())
     assert s["strategy"] == "ptq_hpo" and s["precision"] == "int8"

@@ -11,7 +11,8 @@ import yaml
 
 pytest.importorskip("kfp", reason="the Kubeflow layer needs kfp (pip install 'autocompress[kfp]')")
 
-from autocompress import kfp_runner  # noqa: E402
+import autocompress.kfp as kfp_layer  # noqa: E402
+from autocompress.kfp import local_run  # noqa: E402
 from autocompress.errors import ConfigError  # noqa: E402
 
 TRAIN = {"train_iter": 4, "eval_iter": 2, "learning_rate": 0.001, "optimizer": "Momentum"}
@@ -53,7 +54,7 @@ def _config(tmp_path, combination, model_dir, data, model_uri=None, train=None, 
 def test_local_pipeline_end_to_end(tmp_path, combination, digits_files, data, hashes):
     before = hashes(digits_files.model_dir)
     lines = []
-    run = kfp_runner.run_local(_config(tmp_path, combination, digits_files.model_dir, data), echo=lines.append)
+    run = local_run.run_local(_config(tmp_path, combination, digits_files.model_dir, data), echo=lines.append)
     s = run.summary
     assert s["strategy"] == combination and run.pipeline == f"{combination}_cpu"
     for key in ("baseline_metric", "metric", "metric_drop", "target_met", "size_bytes_before", "size_bytes_after",
@@ -83,7 +84,7 @@ def test_local_pipeline_end_to_end(tmp_path, combination, digits_files, data, ha
 def test_missing_local_input_fails_before_the_pipeline_starts(tmp_path, digits_files, data):
     cfg = _config(tmp_path, "distill", digits_files.model_dir, data, evald=str(tmp_path / "missing-eval"))
     with pytest.raises(ConfigError, match="eval_data_uri: .*missing-eval does not exist"):
-        kfp_runner.run_local(cfg, echo=lambda line: None)
+        local_run.run_local(cfg, echo=lambda line: None)
     assert not (tmp_path / "out" / "pipeline-root").exists()
 
 
@@ -95,9 +96,9 @@ def test_failed_stage_is_a_clear_error(tmp_path, digits_files, data, digits_data
     x, _ = digits_data["calib"]
     write_dataset(tmp_path / "wrong-feed", {"image": x[:64]})
     cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, train=str(tmp_path / "wrong-feed"))
-    with pytest.raises(kfp_runner.KFPError, match="stage calibrate failed with DataError: .*lacks the model "
+    with pytest.raises(kfp_layer.KFPError, match="stage calibrate failed with DataError: .*lacks the model "
                        r"inputs \['x'\]; it has \['image'\]") as info:
-        kfp_runner.run_local(cfg, echo=lambda line: None)
+        local_run.run_local(cfg, echo=lambda line: None)
     assert "end of the log" in str(info.value)
 
 
@@ -118,7 +119,7 @@ def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_f
         store.upload(data / "eval", "s3://mlbucket/data/eval")
         cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, model_uri="s3://mlbucket/models/digits",
                       train="s3://mlbucket/data/train", evald="minio://mlbucket/data/eval")
-        run = kfp_runner.run_local(cfg, publish_uri="s3://mlbucket/published/run1", echo=lambda line: None)
+        run = local_run.run_local(cfg, publish_uri="s3://mlbucket/published/run1", echo=lambda line: None)
         assert run.summary["model_dir"] == "s3://mlbucket/published/run1/model"
         published = sorted(store.list("s3://mlbucket/published/run1"))
         assert published == ["model/MODEL_CARD.md", "model/autocompress.json", "model/inference.pdiparams",

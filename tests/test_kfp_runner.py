@@ -12,7 +12,10 @@ import yaml
 
 pytest.importorskip("kfp", reason="the Kubeflow layer needs kfp (pip install 'autocompress[kfp]')")
 
-from autocompress import kfp_runner  # noqa: E402
+from autocompress.kfp import arguments  # noqa: E402
+from autocompress.kfp import cluster  # noqa: E402
+from autocompress.kfp import compile as kfp_compile  # noqa: E402
+import autocompress.kfp as kfp_layer  # noqa: E402
 from autocompress.errors import ConfigError  # noqa: E402
 
 CONFIG = {
@@ -73,21 +76,21 @@ def _cfg(tmp_path, **changes):
 
 def test_arguments_are_validated_and_carry_no_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value-123")
-    name, args = kfp_runner.pipeline_arguments(_cfg(tmp_path), gpu=True)
+    name, args = arguments.pipeline_arguments(_cfg(tmp_path), gpu=True)
     assert name == "ptq_hpo"
     assert args["model_uri"] == "s3://models/digits" and args["calib_data_uri"] == "s3://data/train"
     assert args["metric"] == "fidelity" and args["max_drop"] == 0.02 and args["batch_size"] == 16
     assert yaml.safe_load(args["config"])["HyperParameterOptimizationConfig"] == {"max_quant_count": 6}
     assert "super-secret-value-123" not in str(args)
     with pytest.raises(ConfigError, match="weight_bitz"):
-        kfp_runner.pipeline_arguments(_cfg(tmp_path, QuantizationConfig={"weight_bitz": 8}))
+        arguments.pipeline_arguments(_cfg(tmp_path, QuantizationConfig={"weight_bitz": 8}))
     with pytest.raises(ConfigError, match="no parameters"):
-        kfp_runner.pipeline_arguments(_cfg(tmp_path), extra={"aws_secret": "x"})
+        arguments.pipeline_arguments(_cfg(tmp_path), extra={"aws_secret": "x"})
 
 
 def test_submit_uploads_a_version_and_starts_a_run(tmp_path):
     fake = FakeClient()
-    out = kfp_runner.submit(_cfg(tmp_path), kfp_client=fake, host="http://kfp.local", run_name="nightly",
+    out = cluster.submit(_cfg(tmp_path), kfp_client=fake, host="http://kfp.local", run_name="nightly",
                             trial_shards=3, image_repository="registry.local/ac")
     names = [c[0] for c in fake.calls]
     assert names == ["get_pipeline_id", "upload_pipeline", "upload_pipeline_version", "create_experiment",
@@ -102,14 +105,14 @@ def test_submit_uploads_a_version_and_starts_a_run(tmp_path):
 
 def test_submit_refuses_local_paths(tmp_path):
     with pytest.raises(ConfigError, match="cannot read it"):
-        kfp_runner.submit(_cfg(tmp_path, Model={"model_dir": "/data/model"}), kfp_client=FakeClient())
+        cluster.submit(_cfg(tmp_path, Model={"model_dir": "/data/model"}), kfp_client=FakeClient())
 
 
 def test_schedule_replaces_the_recurring_run_of_the_same_name(tmp_path):
     old = types.SimpleNamespace(display_name="autocompress-ptq-hpo", recurring_run_id="rr-1")
     other = types.SimpleNamespace(display_name="someone-else", recurring_run_id="rr-9")
     fake = FakeClient([old, other])
-    out = kfp_runner.schedule(_cfg(tmp_path), "0 3 * * *", kfp_client=fake)
+    out = cluster.schedule(_cfg(tmp_path), "0 3 * * *", kfp_client=fake)
     assert ("delete_recurring_run", {"job_id": "rr-1"}) in fake.calls
     assert ("delete_recurring_run", {"job_id": "rr-9"}) not in fake.calls
     create = fake.calls[-1][1]
@@ -118,14 +121,14 @@ def test_schedule_replaces_the_recurring_run_of_the_same_name(tmp_path):
     assert out == {"pipeline": "ptq_hpo", "pipeline_id": "p-1", "version_id": "v-1", "recurring_run_id": "rr-2",
                    "replaced": ["rr-1"], "cron": "0 0 3 * * *"}
     with pytest.raises(ConfigError, match="5 or 6 fields"):
-        kfp_runner.schedule(_cfg(tmp_path), "daily", kfp_client=fake)
+        cluster.schedule(_cfg(tmp_path), "daily", kfp_client=fake)
 
 
 def test_client_needs_a_host(monkeypatch):
     for k in ("KFP_HOST", "KF_PIPELINES_ENDPOINT"):
         monkeypatch.delenv(k, raising=False)
-    with pytest.raises(kfp_runner.KFPError, match="--host URL or set KFP_HOST"):
-        kfp_runner.client()
+    with pytest.raises(kfp_layer.KFPError, match="--host URL or set KFP_HOST"):
+        cluster.client()
 
 
 def test_engine_and_stages_import_without_kfp():
@@ -135,12 +138,13 @@ def test_engine_and_stages_import_without_kfp():
             "        if name == 'kfp' or name.startswith('kfp.') or name == 'minio':\n"
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import autocompress, autocompress.stages, autocompress.storage, autocompress.api, autocompress.cli\n"
-            "import autocompress.kfp.image\n"
-            "from autocompress import kfp_runner\n"
+            "import autocompress, autocompress.stages.run, autocompress.storage, autocompress.api, autocompress.cli\n"
+            "import autocompress.kfp.image, autocompress.kfp.adapters, autocompress.strategies, autocompress.job\n"
+            "import autocompress.kfp as kfp_layer\n"
+            "from autocompress.kfp import compile as kfp_compile\n"
             "try:\n"
-            "    kfp_runner.compile_pipelines('/nonexistent')\n"
-            "except kfp_runner.KFPError as e:\n"
+            "    kfp_compile.compile_pipelines('/nonexistent')\n"
+            "except kfp_layer.KFPError as e:\n"
             "    assert 'pip install' in str(e)\n"
             "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -56,16 +56,18 @@ class ModelArtifact:
         files = locate_model(folder, meta.get("model_filename"), meta.get("params_filename"))
         return cls(files, meta, _read_list(folder / TRIALS_FILE), _read_list(folder / CURVE_FILE))
 
-    def save(self, dest) -> ModelArtifact:
-        """Copy the model files and write the metadata into `dest`, atomically."""
+    def save(self, dest, tables: bool = True) -> ModelArtifact:
+        """Copy the model files and write the metadata into `dest`, atomically; `tables`: also the
+        trials and curve (a stage output; the deliverable keeps trials.json beside the model)."""
         with atomic_dir(dest) as tmp:
             copied = copy_model(self.files, tmp)
             meta = {**self.meta, "model_filename": copied.model_filename, "params_filename": copied.params_filename,
                     "format": copied.format, "sha256": {p.name: sha256_file(p) for p in copied.files()},
                     "size_bytes": dir_size(copied), "autocompress_version": __version__}
             write_json_atomic(Path(tmp) / METADATA_FILE, meta)
-            write_json_atomic(Path(tmp) / TRIALS_FILE, self.trials)
-            write_json_atomic(Path(tmp) / CURVE_FILE, self.curve)
+            if tables:
+                write_json_atomic(Path(tmp) / TRIALS_FILE, self.trials)
+                write_json_atomic(Path(tmp) / CURVE_FILE, self.curve)
         return ModelArtifact(locate_model(dest, meta["model_filename"], meta["params_filename"]), meta,
                              self.trials, self.curve)
 

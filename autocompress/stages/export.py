@@ -25,7 +25,7 @@ def export(model: ModelArtifact, summary: dict, dest, publish_uri: str | None = 
         summary.update(model_dir=_join(publish_uri, "model"), save_dir=publish_uri)
     meta = {**model.meta, "metric": summary["metric"], "baseline_metric": summary["baseline_metric"]}
     # the copy is read before the rename, so `model` may be the engine's output in dest/model itself
-    saved = ModelArtifact(model.files, meta, model.trials, model.curve).save(dest / "model")
+    saved = ModelArtifact(model.files, meta, model.trials, model.curve).save(dest / "model", tables=False)
     write_text_atomic(saved.files.model_dir / MODEL_CARD_FILE, model_card(saved.meta, summary))
     write_json_atomic(dest / "trials.json", model.trials)
     write_summary(dest, summary)

@@ -1,5 +1,5 @@
 """One lightweight KFP component per stage. Each body only turns its artifacts into one call of
-`autocompress.stages` (no algorithm code here), runs on our image (`autocompress.kfp.image`) with
+`autocompress.kfp.adapters` (the folder adapter of a stage in `autocompress.stages`) (no algorithm code here), runs on our image (`autocompress.kfp.image`) with
 `install_kfp_package=False` (the image has kfp), and runs unchanged under `kfp.local.SubprocessRunner`."""
 from .calibrate import calibrate
 from .distill_train import distill_train

@@ -11,8 +11,8 @@ def calibrate(model: Input[Model], calib_data: Input[Dataset], config: str, stat
               trial_shards: int = 1, device: str = "cpu", batch_size: int = 32) -> List[str]:
     """Collect activation statistics once (every PTQ trial reuses them) and split the search into
     `trial_shards` parts: the returned list drives the trials' dsl.ParallelFor."""
-    from autocompress import stages
+    from autocompress.kfp import adapters
 
-    info = stages.calibrate(model.path, calib_data.path, config, stats.path, device=device, batch_size=batch_size)
+    info = adapters.calibrate(model.path, calib_data.path, config, stats.path, device=device, batch_size=batch_size)
     stats.metadata.update({k: info[k] for k in ("tensors", "samples")})
-    return stages.plan_trials(config, trial_shards)
+    return adapters.plan_trials(config, trial_shards)

@@ -12,11 +12,11 @@ def distill_train(student: Input[Model], teacher: Input[Model], train_data: Inpu
     """Train the student (QAT / sparse / pruned / plain / multi-teacher distillation). Checkpoints
     go next to the output artifact (`<uri>.checkpoints`), the same place on every retry, so a retried
     task resumes."""
-    from autocompress import stages
+    from autocompress.kfp import adapters
 
-    stages.use_endpoint(s3_endpoint)
-    result = stages.distill_train(student.path, teacher.path, train_data.path, eval_data.path, config,
-                                  trained.path, checkpoint_uri=stages.checkpoint_location(trained.uri, trained.path),
+    adapters.use_endpoint(s3_endpoint)
+    result = adapters.distill_train(student.path, teacher.path, train_data.path, eval_data.path, config,
+                                  trained.path, checkpoint_uri=adapters.checkpoint_location(trained.uri, trained.path),
                                   metric=metric, max_drop=max_drop, drop_type=drop_type, device=device,
                                   batch_size=batch_size)
     if result.get("metric") is not None:

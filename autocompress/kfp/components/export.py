@@ -9,10 +9,10 @@ def export(model: Input[Model], summary: Input[Artifact], exported: Output[Model
            publish_uri: str = "", s3_endpoint: str = ""):
     """The deliverable: model/ (input's file names, metadata, model card), summary.json, report.md;
     optionally published to an object-store prefix or a local folder."""
-    from autocompress import stages
+    from autocompress.kfp import adapters
 
-    stages.use_endpoint(s3_endpoint)
-    result = stages.export(model.path, summary.path, exported.path, publish_uri=publish_uri or None)
-    stages.copy_report(exported.path, report.path)
-    exported.metadata.update(stages.ui_metadata(result["summary"]))
+    adapters.use_endpoint(s3_endpoint)
+    result = adapters.export(model.path, summary.path, exported.path, publish_uri=publish_uri or None)
+    adapters.copy_report(exported.path, report.path)
+    exported.metadata.update(adapters.ui_metadata(result["summary"]))
     exported.metadata["published_files"] = len(result["published"])

@@ -9,9 +9,9 @@ def load_model(model_uri: str, config: str, model: Output[Model], model_filename
                params_filename: str = "", s3_endpoint: str = ""):
     """Fetch the inference model (local path, s3:// or minio://) untouched, with its metadata; validates
     the pipeline config first so a bad config fails here, in seconds."""
-    from autocompress import stages
+    from autocompress.kfp import adapters
 
-    stages.use_endpoint(s3_endpoint)
-    meta = stages.load_model(model_uri, model.path, model_filename or None, params_filename or None,
+    adapters.use_endpoint(s3_endpoint)
+    meta = adapters.load_model(model_uri, model.path, model_filename or None, params_filename or None,
                              config=config)
-    model.metadata.update(stages.ui_metadata(meta))
+    model.metadata.update(adapters.ui_metadata(meta))

@@ -10,9 +10,9 @@ def ptq_trial(model: Input[Model], stats: Input[Artifact], calib_data: Input[Dat
               metric: str = "top1", max_drop: float = 0.01, drop_type: str = "absolute", device: str = "cpu",
               batch_size: int = 32):
     """One part of the PTQ search (or one configuration), from the shared statistics."""
-    from autocompress import stages
+    from autocompress.kfp import adapters
 
-    result = stages.ptq_trial(model.path, stats.path, calib_data.path, eval_data.path, config, trial,
+    result = adapters.ptq_trial(model.path, stats.path, calib_data.path, eval_data.path, config, trial,
                               candidate.path, metric=metric, max_drop=max_drop, drop_type=drop_type,
                               device=device, batch_size=batch_size)
     for key in ("metric", "baseline_metric", "trials"):

@@ -1,30 +1,26 @@
-"""One pipeline per strategy combination (the spec's six), each in a GPU variant (`<name>`, the
-cluster default) and a CPU variant (`<name>_cpu`: no accelerator requests; what local runs use)."""
+"""One pipeline per strategy of the registry (`autocompress.strategies`), each in a GPU variant
+(`<name>`, the cluster default) and a CPU variant (`<name>_cpu`: no accelerator requests; what local
+runs use). A strategy whose stages include `calibrate` gets the PTQ search shape; the others the
+training shape (with a `prune` task when its stages include it)."""
+from ... import strategies
 from . import ptq_hpo as _ptq
 from . import training as _training
 
-COMBINATIONS = ("ptq_hpo", "qat_distill", "prune_distill", "sparse_distill", "distill", "multi_teacher_distill")
-DATA_PARAMS = {"ptq_hpo": ("calib_data_uri", "eval_data_uri")}  # the others: train_data_uri, eval_data_uri
 
-
-def build(combination: str, gpu: bool = True):
-    """The pipeline function (a kfp GraphComponent) for a combination."""
-    if combination not in COMBINATIONS:
-        raise KeyError(f"unknown pipeline {combination!r}; available: {list(COMBINATIONS)}")
-    if combination == "ptq_hpo":
-        return _ptq.build(gpu)
-    return _training.build(combination, gpu)
+def build(name: str, gpu: bool = True):
+    """The pipeline function (a kfp GraphComponent) for a strategy."""
+    if name not in strategies.REGISTRY:
+        raise KeyError(f"unknown pipeline {name!r}; available: {strategies.names()}")
+    strategy = strategies.REGISTRY[name]
+    shape = _ptq if "calibrate" in strategy.stages else _training
+    return shape.build(strategy, gpu)
 
 
 def names() -> list[str]:
-    """Every compiled pipeline's name: <combination> (GPU) and <combination>_cpu."""
-    return [n for c in COMBINATIONS for n in (c, f"{c}_cpu")]
+    """Every compiled pipeline's name: <strategy> (GPU) and <strategy>_cpu."""
+    return [s.pipeline_name(gpu) for s in strategies.REGISTRY.values() for gpu in (True, False)]
 
 
 def by_name(name: str):
     gpu = not name.endswith("_cpu")
-    return build(name[:-4] if not gpu else name, gpu)
-
-
-def data_params(combination: str) -> tuple[str, str]:
-    return DATA_PARAMS.get(combination, ("train_data_uri", "eval_data_uri"))
+    return build(name if gpu else name[:-4], gpu)

@@ -17,9 +17,13 @@ ACCELERATOR = "nvidia.com/gpu"
 RUN_AS = 1000  # the image's non-root user (images/Dockerfile*)
 SHM_SIZE = "8Gi"
 
-DEFAULT_PTQ_CONFIG = ('{"QuantizationConfig": {}, "HyperParameterOptimizationConfig": '
-                      '{"max_quant_count": 20}}')
-DEFAULT_TRAIN_CONFIG = '{"DistillationConfig": {}, "TrainConfig": {"epochs": 1}}'
+
+
+def default_config(strategy) -> str:
+    """The strategy's default config as the run form shows it (JSON, keys in the declared order)."""
+    import json
+
+    return json.dumps(strategy.pipeline_config)
 
 
 def common(task: dsl.PipelineTask, secret, name: str, *, cache: bool = True, retries: int = 0):

@@ -4,15 +4,14 @@ deployment backend, exported."""
 from kfp import dsl
 
 from .. import components as c
-from .common import DEFAULT_ENDPOINT, DEFAULT_PTQ_CONFIG, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light, load_inputs
+from .common import DEFAULT_ENDPOINT, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, default_config, heavy, light, load_inputs
 
 
-def build(gpu: bool = True):
-    @dsl.pipeline(name="autocompress-ptq-hpo" + ("" if gpu else "-cpu"),
-                  description="Post-training quantization with hyper-parameter search (calibrate once, "
-                              "parallel trials, select, evaluate, export).")
+def build(strategy, gpu: bool = True):
+    @dsl.pipeline(name=f"autocompress-{strategy.name.replace('_', '-')}" + ("" if gpu else "-cpu"),
+                  description=strategy.description)
     def ptq_hpo(model_uri: str, calib_data_uri: str, eval_data_uri: str,
-                config: str = DEFAULT_PTQ_CONFIG, metric: str = "top1", max_drop: float = 0.01,
+                config: str = default_config(strategy), metric: str = "top1", max_drop: float = 0.01,
                 drop_type: str = "absolute", model_filename: str = "", params_filename: str = "",
                 publish_uri: str = "", device: str = "gpu" if gpu else "cpu", gpu_count: int = 1,
                 trial_shards: int = 4, batch_size: int = 32, tolerations: list = DEFAULT_TOLERATIONS,
@@ -38,10 +37,11 @@ def build(gpu: bool = True):
         best = common(light(c.select_best(candidates=dsl.Collected(part.outputs["candidate"]))),
                       object_store_secret, "select best")
         ev = common(heavy(c.evaluate(model=best.outputs["best"], baseline=model.outputs["model"],
-                                     eval_data=evald.outputs["dataset"], metric=metric, max_drop=max_drop,
+                                     eval_data=evald.outputs["dataset"], config=config, metric=metric, max_drop=max_drop,
                                      drop_type=drop_type, device=device, batch_size=batch_size), **place),
                     object_store_secret, "evaluate")
         common(light(c.export(model=best.outputs["best"], summary=ev.outputs["summary"], publish_uri=publish_uri,
                                s3_endpoint=s3_endpoint)), object_store_secret, "export", cache=False, retries=2)
 
+    ptq_hpo.__name__ = strategy.name
     return ptq_hpo

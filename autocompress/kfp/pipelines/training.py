@@ -1,45 +1,23 @@
-"""The five training combinations share one shape:
-load model + data -> [prune] -> distill_train (retried, resumes from checkpoints) -> evaluate -> export.
-
-- qat_distill: QuantizationConfig + DistillationConfig (quantization-aware training, int8 export)
-- prune_distill: PruneConfig (channels removed first, in the `prune` stage) + DistillationConfig
-- sparse_distill: UnstructurePruneConfig + DistillationConfig (masks applied while training)
-- distill: DistillationConfig
-- multi_teacher_distill: MultiTeacherDistillationConfig (teachers by URI in the config)
-The teacher defaults to the original model (source-free distillation).
+"""Every training strategy has one shape:
+load model + data -> [prune, when the strategy's stages include it] -> distill_train (retried, resumes
+from checkpoints) -> evaluate -> export. The teacher defaults to the original model (source-free
+distillation); teachers named in the config may be object-store URIs.
 """
 from kfp import dsl
 
 from .. import components as c
-from .common import DEFAULT_ENDPOINT, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, heavy, light, load_inputs
+from .common import DEFAULT_ENDPOINT, DEFAULT_SECRET, DEFAULT_TOLERATIONS, common, default_config, heavy, light, load_inputs
 
 TRAINING_RETRIES = 3
 
-DEFAULT_CONFIGS = {
-    "qat_distill": '{"QuantizationConfig": {}, "DistillationConfig": {}, "TrainConfig": {"epochs": 1}}',
-    "prune_distill": '{"PruneConfig": {"pruned_ratio": 0.25}, "DistillationConfig": {}, "TrainConfig": {"epochs": 1}}',
-    "sparse_distill": '{"UnstructurePruneConfig": {"prune_ratio": 0.5}, "DistillationConfig": {}, '
-                      '"TrainConfig": {"epochs": 1}}',
-    "distill": '{"DistillationConfig": {}, "TrainConfig": {"epochs": 1}}',
-    "multi_teacher_distill": '{"MultiTeacherDistillationConfig": {"teacher_model_dir": ["s3://bucket/teacher"]}, '
-                             '"TrainConfig": {"epochs": 1}}',
-}
-DESCRIPTIONS = {
-    "qat_distill": "Quantization-aware training with distillation from the original model.",
-    "prune_distill": "Channel pruning, then distillation from the original model.",
-    "sparse_distill": "Unstructured (sparse) pruning during distillation from the original model.",
-    "distill": "Distillation from the original (or a named) teacher.",
-    "multi_teacher_distill": "Distillation from several teachers.",
-}
 
+def build(strategy, gpu: bool = True):
+    with_prune = "prune" in strategy.stages
 
-def build(combination: str, gpu: bool = True):
-    with_prune = combination == "prune_distill"
-
-    @dsl.pipeline(name=f"autocompress-{combination.replace('_', '-')}" + ("" if gpu else "-cpu"),
-                  description=DESCRIPTIONS[combination])
+    @dsl.pipeline(name=f"autocompress-{strategy.name.replace('_', '-')}" + ("" if gpu else "-cpu"),
+                  description=strategy.description)
     def pipeline(model_uri: str, train_data_uri: str, eval_data_uri: str,
-                 config: str = DEFAULT_CONFIGS[combination], metric: str = "top1", max_drop: float = 0.01,
+                 config: str = default_config(strategy), metric: str = "top1", max_drop: float = 0.01,
                  drop_type: str = "absolute", model_filename: str = "", params_filename: str = "",
                  publish_uri: str = "", device: str = "gpu" if gpu else "cpu", gpu_count: int = 1,
                  batch_size: int = 32, tolerations: list = DEFAULT_TOLERATIONS, node_selector: dict = {},
@@ -63,12 +41,13 @@ def build(combination: str, gpu: bool = True):
                                **place),
                          object_store_secret, "train (distill)", cache=False, retries=TRAINING_RETRIES)
         ev = common(heavy(c.evaluate(model=trained.outputs["trained"], baseline=model.outputs["model"],
-                                     eval_data=evald.outputs["dataset"], metric=metric, max_drop=max_drop,
-                                     drop_type=drop_type, device=device, batch_size=batch_size), **place),
+                                     eval_data=evald.outputs["dataset"], config=config, metric=metric,
+                                     max_drop=max_drop, drop_type=drop_type, device=device,
+                                     batch_size=batch_size), **place),
                     object_store_secret, "evaluate")
         common(light(c.export(model=trained.outputs["trained"], summary=ev.outputs["summary"],
                               publish_uri=publish_uri, s3_endpoint=s3_endpoint)),
                object_store_secret, "export", cache=False, retries=2)
 
-    pipeline.__name__ = combination
+    pipeline.__name__ = strategy.name
     return pipeline

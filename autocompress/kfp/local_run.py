@@ -1,0 +1,236 @@
+"""`autocompress run`: the run config's strategy pipeline through `kfp.local.SubprocessRunner`, with
+one progress line per stage and every stage's full log in a file."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from . import KFPError, first_line, pipelines_module, require_kfp
+from .arguments import pipeline_arguments, run_config
+
+@dataclasses.dataclass
+class LocalRun:
+    summary: dict
+    save_dir: Path
+    pipeline_root: Path
+    pipeline: str
+    wall_seconds: float
+
+    @property
+    def model_dir(self) -> Path:
+        return self.save_dir / "model"
+
+
+def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_root: str | os.PathLike | None = None,
+              trial_shards: int = 1, publish_uri: str | None = None, progress: bool | str = True, echo: Callable[[str], None] | None = None) -> LocalRun:
+    """Run the config's strategy pipeline with `kfp.local.SubprocessRunner(use_venv=False)`.
+
+    Every stage runs in its own process with this interpreter (so this environment needs the engine
+    installed, as the image has). Artifacts go to `pipeline_root` (default `<save_dir>/pipeline-root`);
+    the deliverable is published into `save_dir` (default the config's SaveDir): `model/`,
+    `summary.json`, `report.md`. PTQ search runs as `trial_shards` parts (1: one process does all
+    trials, the fastest on one machine). `publish_uri` (e.g. s3://bucket/prefix) makes the export stage
+    publish there as well. Progress is one line per stage; every stage's full log goes
+    to `<pipeline_root>/<pipeline>-<time>.log` (`progress="verbose"` echoes it, False prints nothing).
+    """
+    require_kfp()
+    from kfp import local
+
+    if echo is None:
+        out = sys.stdout
+        echo = (lambda text: print(text, file=out, flush=True)) if progress else (lambda text: None)
+    rc = _materialize_builtin(run_config(config))
+    save = Path(save_dir or rc.SaveDir).resolve()
+    model_path = Path(rc.Model.model_dir)
+    if "://" not in rc.Model.model_dir and model_path.resolve() == save:
+        raise ConfigError("SaveDir is the input model's folder; choose another folder (the input is never overwritten)")
+    root = Path(pipeline_root or save / "pipeline-root").resolve()
+    endpoint = os.environ.get("S3_ENDPOINT") or os.environ.get("MINIO_ENDPOINT") or ""
+    name, args = pipeline_arguments(rc, gpu=False, publish_uri=publish_uri or str(save), trial_shards=trial_shards,
+                                    s3_endpoint=endpoint)
+    for key, location in args.items():
+        # fail before the pipeline starts: the load stages retry (for flaky object stores) with backoff
+        if key.endswith("_uri") and key != "publish_uri" and location and "://" not in location \
+                and not Path(location).exists():
+            raise ConfigError(f"{key}: {location} does not exist")
+    pipeline = pipelines_module().by_name(name)
+    save.mkdir(parents=True, exist_ok=True)
+    echo(f"autocompress: running the {name} pipeline locally ({len(pipeline.pipeline_spec.root.dag.tasks)} "
+         f"top-level stages); artifacts under {root}")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    log_path = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    start = time.perf_counter()
+    with _StageProgress(log_path, echo, verbose=progress == "verbose") as stream, _quiet_kfp(stream):
+        try:
+            pipeline(**args)
+        except RuntimeError as err:
+            stream.close_log()
+            tail = _log_tail(log_path)
+            cause = _stage_error(log_path)
+            raise KFPError(f"the local {name} pipeline failed: {first_line(_strip_ansi(str(err)))}\n"
+                           + (f"{cause}\n" if cause else "")
+                           + f"--- end of the log ({log_path}) ---\n{tail}") from None
+    wall = time.perf_counter() - start
+    if publish_uri:  # the pipeline published to the URI; the deliverable also lands in save_dir
+        exported = sorted(root.glob("*/export/exported"), key=lambda p: p.stat().st_mtime)
+        if not exported:
+            raise KFPError(f"the {name} pipeline finished but its export artifact is missing under {root}")
+        from ..atomic import replace_dir
+
+        for child in ("model", "summary.json", "report.md"):
+            src, dst = exported[-1] / child, save / child
+            if src.is_dir():
+                tmp = save / f".{child}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src, tmp)
+                replace_dir(tmp, dst)
+            else:
+                shutil.copy2(src, dst)
+    summary_path = save / "summary.json"
+    if not summary_path.exists():
+        raise KFPError(f"the {name} pipeline finished but wrote no {summary_path}; see the logs above")
+    summary = json.loads(summary_path.read_text())
+    # the run's cost is the pipeline's wall time; the stages' own compute time stays beside it
+    summary.update(stage_seconds=summary.get("seconds"), seconds=wall, pipeline=name,
+                   pipeline_root=str(root), pipeline_log=str(log_path))
+    from ..summary import write_summary
+
+    write_summary(save, summary)
+    run = LocalRun(summary, save, root, name, wall)
+    for line in stage_table(summary):
+        echo(line)
+    echo(f"model:   {run.model_dir}")
+    echo(f"summary: {summary_path}")
+    echo(f"report:  {save / 'report.md'}")
+    return run
+
+
+def _materialize_builtin(rc: RunConfig) -> RunConfig:
+    """`builtin://` demo locations become local folders before a local run starts."""
+    def local(location):
+        if location and location.startswith("builtin://"):
+            from ..demo.digits import materialize_builtin
+
+            return str(materialize_builtin(location))
+        return location
+
+    model = rc.Model.model_copy(update={"model_dir": local(rc.Model.model_dir)})
+    data = rc.Data.model_copy(update={k: local(getattr(rc.Data, k)) for k in ("train", "eval", "calib")})
+    return rc.model_copy(update={"Model": model, "Data": data})
+
+
+def stage_table(summary: dict) -> list[str]:
+    rows = summary.get("stages") or []
+    if not rows:
+        return []
+    lines = ["stage            seconds   peak RSS"]
+    for r in rows:
+        lines.append(f"{r['stage']:<16} {r['seconds']:>7.2f}   {r['peak_rss_bytes'] / (1 << 20):>6.0f} MiB")
+    return lines
+
+
+@contextlib.contextmanager
+def _quiet_kfp(stream):
+    """kfp's local runner prints every task's executor input and streamed log to stdout: send all of
+    it to the run's log file and show one line per stage instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="kfp")
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_SKIPPED = re.compile(r"Skipping task ([\w-]+)")
+
+
+def _strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+class _StageProgress(io.TextIOBase):
+    """A stdout stand-in: every line goes to the run log; stage starts/ends are echoed as progress."""
+
+    def __init__(self, log_path: Path, echo: Callable[[str], None], verbose: bool = False):
+        self.log_path, self.echo, self.verbose = log_path, echo, verbose
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "w", encoding="utf-8")
+        self._buffer = ""
+        self._started: dict[str, float] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close_log()
+        return False
+
+    def close_log(self):
+        if not self._log.closed:
+            if self._buffer:
+                self._line(self._buffer)
+                self._buffer = ""
+            self._log.close()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def flush(self):
+        if not self._log.closed:
+            self._log.flush()
+
+    def _line(self, line: str) -> None:
+        plain = _strip_ansi(line)
+        if not self._log.closed:
+            self._log.write(plain + "\n")
+        if self.verbose:
+            self.echo(plain)
+            return
+        if m := _STARTED.search(plain):
+            self._started[m.group(1)] = time.perf_counter()
+            self.echo(f"  > {m.group(1)} ...")
+        elif m := _FINISHED.search(plain):
+            took = time.perf_counter() - self._started.get(m.group(1), time.perf_counter())
+            self.echo(f"  {'ok' if m.group(2) == 'SUCCESS' else m.group(2)} {m.group(1)} ({took:.1f} s)")
+        elif m := _SKIPPED.search(plain):
+            self.echo(f"  skipped {m.group(1)} (an upstream stage failed)")
+
+
+def _stage_error(path: Path) -> str | None:
+    """The failing stage's own error line (e.g. `autocompress.errors.DataError: ...`): stages run in
+    parallel, so the end of the log often belongs to a sibling that finished later."""
+    failed, last_error = None, None
+    for line in _strip_ansi(path.read_text(errors="replace")).splitlines():
+        m = re.match(r"\s*((?:\w+\.)*\w*(?:Error|Exception|Interrupt)): (.*)", line)
+        if m:
+            last_error = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+        m = re.search(r"Task '([^']+)' finished with status FAILURE", line)
+        if m and failed is None:
+            failed = f"stage {m.group(1)} failed with {last_error}" if last_error else f"stage {m.group(1)} failed"
+    return failed
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(text[-lines:])
