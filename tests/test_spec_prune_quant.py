@@ -94,3 +94,66 @@ def test_gmp_raising_eval_iter_is_a_recorded_warning(digits_copy, digits_io, tmp
     assert "eval_iter 2" in notes[0] and "6" in notes[0] and "ramp" in notes[0]
     assert any(rec.levelname == "WARNING" and rec.getMessage() == notes[0] for rec in caplog.records)
     assert r["curve"] and all(c["step"] >= 6 for c in r["curve"])  # the effective eval_iter was used
+
+
+# --- 3. gmp_config.tunning_iterations ------------------------------------------------------------------
+
+def test_tunning_iterations_reserves_the_tuning_phase_at_the_end_of_training():
+    from autocompress.prune.unstructured import GMPSchedule
+
+    default = GMPSchedule(0.6, 100, {})
+    assert (default.pruning, default.tunning) == (45, 55)  # PaddleSlim's 45% ramp; tuning: the rest
+    s = GMPSchedule(0.6, 100, {"tunning_iterations": 80})  # the ramp shrinks so that 80 tuning steps fit
+    assert (s.stable, s.pruning, s.tunning) == (0, 20, 80)
+    assert s.ratio(19) < 0.6 == s.ratio(20)
+    assert [s.phase(i) for i in (0, 19, 20, 99, 100)] == ["pruning", "pruning", "tuning", "tuning", "done"]
+    assert s.to_dict()["tuning_ends_at"] == 100
+    stable = GMPSchedule(0.6, None, {"stable_iterations": 5, "pruning_iterations": 10, "tunning_iterations": 3})
+    assert [stable.phase(i) for i in (4, 5, 15, 17, 18)] == ["stable", "pruning", "tuning", "tuning", "done"]
+
+
+@pytest.mark.parametrize("gmp, match", [
+    ({"pruning_iterations": 50, "tunning_iterations": 60}, r"tunning_iterations 60.*iteration 110.*runs 100"),
+    ({"stable_iterations": 30, "tunning_iterations": 70}, r"tunning_iterations 70.*no iteration left for the ramp"),
+])
+def test_a_tuning_phase_that_does_not_fit_the_training_is_refused(gmp, match):
+    from autocompress.prune.unstructured import GMPSchedule
+
+    with pytest.raises(ConfigError, match=rf"gmp_config\.{match}"):
+        GMPSchedule(0.6, 100, gmp)
+
+
+def test_masks_are_fixed_during_the_tuning_phase(tmp_path):
+    """PaddleSlim's GMP: after the ramp the ratio stays at the target and the masks are not recomputed,
+    however the weights move (its tuning entries repeat the target ratio, so no mask update fires)."""
+    from autocompress.prune.masks import write_param
+    from autocompress.prune.unstructured import UnstructuredPruner
+
+    rng = np.random.default_rng(0)
+    program, scope = _tiny_fc_program(tmp_path)
+    with legacy_ir():
+        pruner = UnstructuredPruner(program, scope, {"prune_strategy": "gmp", "prune_ratio": 0.5, "gmp_config": {
+            "pruning_iterations": 10, "pruning_steps": 5, "tunning_iterations": 10}}, total_iters=20)
+        pruner.start()
+        masks = {}
+        for it in range(1, 21):
+            for n in pruner.names:  # an optimizer step that reshuffles the magnitudes
+                write_param(scope, n, read_param(scope, n) + rng.normal(0, 1, read_param(scope, n).shape))
+            pruner.step()
+            masks[it] = {n: m.copy() for n, m in pruner.masks.masks.items()}
+    assert pruner.schedule.phase(10) == "tuning"
+    assert all(np.array_equal(masks[it][n], masks[10][n]) for it in range(10, 21) for n in pruner.names)
+    assert max(it for it, _ in pruner.history) == 10  # the last mask update: the end of the ramp
+
+
+def _tiny_fc_program(tmp_path):
+    import paddle
+
+    from autocompress.prune.testing import export_layer
+
+    paddle.disable_static()
+    paddle.seed(0)
+    files = export_layer(paddle.nn.Linear(8, 4), tmp_path, (1, 8))
+    with legacy_ir():
+        model = model_io.load_model(files)
+    return model.program, model.scope

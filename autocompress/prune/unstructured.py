@@ -9,6 +9,16 @@ for `stable_iterations`, then over `pruning_iterations` the ratio climbs from `i
 the target in `pruning_steps` steps along a cubic curve (fast early, when the network can still
 recover, slow near the target), then `tunning_iterations` fine-tune at the target. Masks are
 recomputed from the current magnitudes at every ratio change and re-applied after every step.
+
+The tuning phase is PaddleSlim's: its ratio stack repeats the target for the tuning steps, so the
+ratio no longer changes and the masks stay fixed while the remaining weights recover (they are not
+re-derived from the moving magnitudes). TrainConfig (epochs / train_iter) decides how long training
+runs; `tunning_iterations` is the part of it reserved at the target ratio:
+- not given: the rest of training after the ramp (`pruning_iterations` defaults to PaddleSlim's 45%);
+- given without `pruning_iterations`: the ramp shrinks (from 45% of training) so the tuning phase fits;
+- stable + pruning + tunning iterations beyond the end of training: a ConfigError (the tuning asked
+  for would be cut short, which PaddleSlim does silently).
+`GMPSchedule.phase(iteration)` names the phase; the report's schedule has `tuning_ends_at`.
 """
 from __future__ import annotations
 
@@ -93,7 +103,6 @@ class GMPSchedule:
         self.target = float(target)
         self.stable = int(cfg.get("stable_iterations", 0))
         self.pruning = max(1, int(cfg.get("pruning_iterations", 0.45 * total)))
-        self.tunning = int(cfg.get("tunning_iterations", 0.45 * total))
         steps = cfg.get("pruning_steps", cfg.get("prune_steps"))
         # PaddleSlim's default is 100 steps on long runs; short runs get one step per ~5 iterations
         self.steps = max(1, min(int(steps) if steps else 100, self.pruning))
@@ -103,14 +112,56 @@ class GMPSchedule:
         for key in ("stable_iterations", "pruning_iterations", "tunning_iterations", "resume_iteration"):
             if key in cfg and int(cfg[key]) < 0:
                 raise ConfigError(f"gmp_config.{key} must be >= 0, got {cfg[key]}")
+        tunning = int(cfg["tunning_iterations"]) if "tunning_iterations" in cfg else None
+        self.tunning = self._fit_tuning(tunning, total_iters, "pruning_iterations" in cfg)
         if total_iters and self.ramp_steps_left > total_iters:
             raise ConfigError(
                 f"gmp_config ramps the sparsity until iteration {self.stable + self.pruning} (stable_iterations "
                 f"{self.stable} + pruning_iterations {self.pruning}, resuming at {self.start}) but training runs "
                 f"{total_iters} iterations; lower pruning_iterations / stable_iterations or train longer "
                 "(TrainConfig epochs / train_iter)")
+        if total_iters and tunning is not None and self.end > self.start + total_iters:
+            raise ConfigError(
+                f"gmp_config.tunning_iterations {tunning} ends the tuning phase at iteration {self.end} "
+                f"(stable_iterations {self.stable} + pruning_iterations {self.pruning} + tunning_iterations "
+                f"{tunning}) but training runs {total_iters} iterations (from {self.start}), so the tuning would be "
+                "cut short; lower tunning_iterations or train longer (TrainConfig epochs / train_iter)")
         if not 0.0 <= self.initial <= self.target:
             raise ConfigError(f"gmp_config.initial_ratio must be in [0, prune_ratio={self.target}], got {self.initial}")
+
+    def _fit_tuning(self, tunning: int | None, total_iters: int | None, pruning_given: bool) -> int:
+        """The tuning phase's length: `tunning` as given (the default ramp shrinks to make room for it)
+        or, not given, the rest of training after the ramp."""
+        if not total_iters:
+            return tunning or 0
+        horizon = self.start + total_iters  # the schedule iteration at which training ends
+        if tunning is None:
+            return max(0, horizon - self.stable - self.pruning)
+        if not pruning_given and self.stable + self.pruning + tunning > horizon:
+            room = horizon - self.stable - tunning
+            if room < 1:
+                raise ConfigError(
+                    f"gmp_config.tunning_iterations {tunning} leaves no iteration left for the ramp: training runs "
+                    f"{total_iters} iterations (from {self.start}) and stable_iterations is {self.stable}; lower "
+                    "tunning_iterations or train longer (TrainConfig epochs / train_iter)")
+            self.pruning = room
+            self.steps = min(self.steps, room)
+        return tunning
+
+    @property
+    def end(self) -> int:
+        """The schedule iteration at which the tuning phase ends."""
+        return self.stable + self.pruning + self.tunning
+
+    def phase(self, iteration: int) -> str:
+        """'stable' (no masks), 'pruning' (the ramp), 'tuning' (masks fixed at the target) or 'done'
+        (past the tuning phase: training may go on, the masks stay fixed)."""
+        t = iteration - self.stable
+        if t < 0:
+            return "stable"
+        if t < self.pruning:
+            return "pruning"
+        return "tuning" if t < self.pruning + self.tunning else "done"
 
     @property
     def ramp_steps_left(self) -> int:
@@ -129,7 +180,7 @@ class GMPSchedule:
     def to_dict(self) -> dict:
         return {"stable_iterations": self.stable, "pruning_iterations": self.pruning,
                 "tunning_iterations": self.tunning, "pruning_steps": self.steps, "initial_ratio": self.initial,
-                "resume_iteration": self.start, "target_ratio": self.target}
+                "resume_iteration": self.start, "target_ratio": self.target, "tuning_ends_at": self.end}
 
 
 class UnstructuredPruner:
