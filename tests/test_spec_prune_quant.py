@@ -157,3 +157,43 @@ def _tiny_fc_program(tmp_path):
     with legacy_ir():
         model = model_io.load_model(files)
     return model.program, model.scope
+
+
+# --- 4. PruneConfig.criterion 'geometry_median' (FPGM) --------------------------------------------------
+
+def _two_conv_files(tmp_path, filters):
+    import paddle
+
+    from autocompress.prune.testing import export_layer
+
+    class Net(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.c1 = paddle.nn.Conv2D(2, 4, 1)
+            self.c2 = paddle.nn.Conv2D(4, 3, 1)
+
+        def forward(self, x):
+            return self.c2(paddle.nn.functional.relu(self.c1(x)))
+
+    paddle.disable_static()
+    net = Net()
+    net.c1.weight.set_value(np.asarray(filters, np.float32).reshape(4, 2, 1, 1))
+    return export_layer(net, tmp_path, (1, 2, 4, 4))
+
+
+@pytest.mark.parametrize("criterion, dropped", [("l1_norm", 3), ("geometry_median", 0)])
+def test_geometry_median_drops_the_filter_closest_to_the_others(tmp_path, criterion, dropped):
+    """Filters (0.5, 0.5), (3, 0), (0, 3), (0.1, 0): the smallest is #3 (l1_norm drops it), but #0 sits
+    nearest the geometric median of all four (distance sums 5.74, 9.69, 9.79, 6.54), so FPGM drops #0
+    as the most replaceable, like PaddleSlim's `geometry_median`."""
+    from autocompress.prune import prune_loaded
+
+    files = _two_conv_files(tmp_path, [[0.5, 0.5], [3, 0], [0, 3], [0.1, 0]])
+    with legacy_ir():
+        model = model_io.load_model(files)
+        graph, plan = prune_loaded(model, {"pruned_ratio": 0.25, "criterion": criterion,
+                                           "prune_params_name": ["conv2d_0.w_0"]})
+        kept = read_param(model.scope, "conv2d_0.w_0").reshape(3, 2)
+    assert [list(v) for v in plan.removed.values()] == [[dropped]]
+    expected = np.delete(np.array([[0.5, 0.5], [3, 0], [0, 3], [0.1, 0]], np.float32), dropped, axis=0)
+    assert np.array_equal(kept, expected)  # the remaining filters, in order
