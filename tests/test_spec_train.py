@@ -137,3 +137,67 @@ def test_gmp_resume_iteration_starts_the_schedule_there(digits_files, digits_dat
     assert schedule.ratio(8) > 0.4 and result["sparsity_after"] == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ConfigError, match=r"resume_iteration must be >= 0"):
         GMPSchedule(0.5, None, dict(gmp, resume_iteration=-1))
+
+
+# -- callables and objects in TrainConfig.optim_args: resumable in a new process ----------------------------------
+
+def decay_weights_only(name: str) -> bool:
+    """An apply_decay_param_fun: weight decay on weights, not on biases or norms."""
+    return name.endswith(".w_0")
+
+
+def _optim_args(clip_norm=1.0, decay=decay_weights_only, weight_decay=None):
+    import paddle
+
+    return {"apply_decay_param_fun": decay, "grad_clip": paddle.nn.ClipGradByNorm(clip_norm),
+            "weight_decay": weight_decay if weight_decay is not None else paddle.regularizer.L2Decay(1e-4)}
+
+
+def _train_fingerprint(optim_args) -> str:
+    from autocompress.train import checkpoint
+    from autocompress.train.engine import _train_identity
+
+    tc = build(TrainConfig, dict(QUICK, optimizer="AdamW", optim_args=optim_args))
+    return checkpoint.fingerprint({"train": _train_identity(tc)})
+
+
+def test_optim_args_objects_fingerprint_the_same_in_a_new_process():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_spec_train as t; "
+            "print(t._train_fingerprint(t._optim_args()))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()[-1]
+    assert out == _train_fingerprint(_optim_args())
+    # ... and still tells different settings apart
+    assert _train_fingerprint(_optim_args(clip_norm=2.0)) != out
+    assert _train_fingerprint(_optim_args(decay=str.isidentifier)) != out
+
+
+def test_optim_args_objects_train_and_resume_with_fresh_objects(digits_files, digits_data, tmp_path):
+    """A run stopped after its step-2 checkpoint is rerun with new objects (as a new process builds
+    them): it resumes instead of refusing the checkpoint."""
+    import paddle
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(ctx):
+        if ctx.step == 3:
+            raise Killed
+
+    train = {"optimizer": "AdamW", "eval_iter": 2, "train_iter": 4}
+    def args():  # a new lambda and new clip object each time, as a new process makes them
+        return _optim_args(weight_decay=0.01, decay=lambda name: decay_weights_only(name))
+
+    first_args, fresh_args = args(), args()  # both kept alive: different memory addresses
+    with pytest.raises(Killed):
+        _distill(digits_files, digits_data, tmp_path, train=dict(train, optim_args=first_args), after_step=kill_at_3)
+    again = _distill(digits_files, digits_data, tmp_path, train=dict(train, optim_args=fresh_args))
+    assert again["resumed_from_step"] == 2 and again["steps"] == 4
+    assert fresh_args["apply_decay_param_fun"] is not first_args["apply_decay_param_fun"]
+    with pytest.raises(ConfigError, match="grad_clip_args only names the arguments of a grad_clip class"):
+        _distill(digits_files, digits_data, tmp_path, train={"optim_args": {
+            "grad_clip": paddle.nn.ClipGradByNorm(1.0), "grad_clip_args": {"clip_norm": 2.0}}})

@@ -8,8 +8,11 @@ configuration: resuming a different run from it is an error, not a silent mix.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,52 @@ STATE_FILE = "state.json"
 ARRAYS_FILE = "arrays.npz"
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_MAX_DEPTH = 8
+
+
 def fingerprint(parts: dict) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
+    text = json.dumps(stable_identity(parts), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stable_identity(value, _depth: int = 0):
+    """A JSON-able identity of `value` that every process computes alike: functions by qualified name,
+    objects (grad_clip, regularizers) by type and attributes, arrays by content; never a repr holding
+    a memory address, which would make each new process refuse to resume."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if _depth >= _MAX_DEPTH:
+        return {"type": _qualified(type(value))}
+    d = _depth + 1
+    if isinstance(value, dict):
+        return {str(k): stable_identity(v, d) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [stable_identity(v, d) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((stable_identity(v, d) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return {"array": str(value.dtype), "shape": list(value.shape),
+                "sha256": hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]}
+    if isinstance(value, functools.partial):
+        return {"partial": stable_identity(value.func, d), "args": stable_identity(value.args, d),
+                "keywords": stable_identity(value.keywords, d)}
+    if inspect.ismethod(value):
+        return {"method": _qualified(value.__func__), "self": stable_identity(value.__self__, d)}
+    if inspect.isroutine(value) or inspect.isclass(value):
+        return {"callable": _qualified(value)}
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict):
+        return {"type": _qualified(type(value)), "attrs": stable_identity(attrs, d)}
+    return {"type": _qualified(type(value)), "repr": _ADDRESS.sub("", repr(value))}
+
+
+def _qualified(obj) -> str:
+    return f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
 
 
 def save(folder: Path, scope, names: list[str], state: dict) -> None:

@@ -3,7 +3,9 @@
 `learning_rate`: a float, an `LRScheduler` object (API), or `{type: <paddle.optimizer.lr class>,
 **args}` (YAML). `optimizer`: a class name from `paddle.optimizer`. `optim_args`: the optimizer's
 own keyword arguments (weight_decay, beta1, ...) plus `grad_clip` (a class name from `paddle.nn`,
-e.g. ClipGradByValue; the spec's spelling `grid_clip` is accepted too) and `grad_clip_args`.
+e.g. ClipGradByValue; the spec's spelling `grid_clip` is accepted too) and `grad_clip_args`, or a
+paddle.nn clip object. Callables and objects (apply_decay_param_fun, regularizers) pass through; the
+checkpoint fingerprint identifies them by name and attributes (checkpoint.stable_identity).
 Every unknown name is a ConfigError listing what is allowed.
 """
 from __future__ import annotations
@@ -57,7 +59,12 @@ def build_optimizer(name: str, learning_rate, optim_args: dict | None):
     if clip_args and clip_name is None:
         raise ConfigError("TrainConfig.optim_args.grad_clip_args is set but grad_clip is not; name the "
                           "clip class, e.g. grad_clip: ClipGradByNorm")
-    if clip_name is not None:
+    if isinstance(clip_name, nn.clip.ClipGradBase):  # an object through the API, as PaddleSlim passes it
+        if clip_args:
+            raise ConfigError("TrainConfig.optim_args.grad_clip_args only names the arguments of a grad_clip class "
+                              "name (grad_clip: ClipGradByNorm); with a grad_clip object, set them on the object")
+        args["grad_clip"] = clip_name
+    elif clip_name is not None:
         clips = sorted(n for n in dir(nn) if n.startswith("ClipGrad"))
         clip_cls = getattr(nn, str(clip_name), None)
         if clip_name not in clips or clip_cls is None:
