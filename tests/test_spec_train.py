@@ -201,3 +201,62 @@ def test_optim_args_objects_train_and_resume_with_fresh_objects(digits_files, di
     with pytest.raises(ConfigError, match="grad_clip_args only names the arguments of a grad_clip class"):
         _distill(digits_files, digits_data, tmp_path, train={"optim_args": {
             "grad_clip": paddle.nn.ClipGradByNorm(1.0), "grad_clip_args": {"clip_norm": 2.0}}})
+
+
+# -- merge_feed: false ---------------------------------------------------------------------------------------------
+
+def _renamed_input(files, out_dir, name="img"):
+    """The digits model saved again with its input named `name` instead of `x` (same weights)."""
+    import dataclasses
+
+    from autocompress import model_io
+
+    with legacy_ir():
+        model = model_io.load_model(files)
+        model.program.global_block()._rename_var(model.feed_names[0], name)
+        return model_io.save_model(dataclasses.replace(model, feed_names=[name]), out_dir, {"strategy": "test-renamed"})
+
+
+def _step_losses(caplog) -> list[str]:
+    import re
+
+    return re.findall(r"step \d+ epoch \d+ loss (\S+) \((.*?)\)", caplog.text)
+
+
+def test_merge_feed_false_feeds_a_differently_named_teacher_input_by_position(digits_files, digits_data, tmp_path,
+                                                                            caplog):
+    """merge_feed: false gives the teacher its own input var (`teacher_img`), fed with the same batch as the
+    student's `x` (by position): the losses equal those of the shared-input run."""
+    import logging
+
+    import paddle
+
+    from autocompress import model_io
+    from autocompress.train import make_trainable
+    from autocompress.train.teachers import merge_teacher
+
+    renamed = _renamed_input(digits_files, tmp_path / "renamed")
+    with legacy_ir():
+        t = make_trainable(model_io.load_model(digits_files))
+        mt = merge_teacher(t.program, t.feed_names, model_io.load_model(renamed), "teacher_", False,
+                           paddle.static.Scope(), paddle.CPUPlace())
+        assert mt.feed_map == {} and mt.own_feeds == {"teacher_img": "x"}
+        assert t.program.global_block().var("teacher_img").is_data
+    train = {"logging_iter": 1}
+    runs = {}
+    for merge, teacher in ((False, renamed), (True, digits_files)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="autocompress.train"):
+            _distill(digits_files, digits_data, tmp_path / str(merge), {"merge_feed": merge}, train,
+                     teacher_files=teacher)
+        runs[merge] = _step_losses(caplog)
+    assert len(runs[False]) == 3 and runs[False] == runs[True]
+
+
+def test_merge_feed_false_refuses_a_teacher_the_batch_cannot_feed(digits_files, digits_data, tmp_path):
+    from test_train_units import _tiny_model
+
+    other = _tiny_model(tmp_path / "t", [1, 4, 4])
+    with pytest.raises(ConfigError, match=r"merge_feed: false feeds the teacher the student's batch .*teacher x "
+                                          r"\[-1, 1, 4, 4\].*student x \[-1, 1, 8, 8\]"):
+        _distill(digits_files, digits_data, tmp_path, {"merge_feed": False}, teacher_files=other)

@@ -12,6 +12,7 @@ class Feeder:
     """Batches from the training source -> feed dicts for the merged program."""
 
     def __init__(self, source, feed_names, teacher_own_feeds: dict[str, str]):
+        """teacher_own_feeds: teacher input var -> the student input whose array it is fed (merge_feed=False)."""
         self.source = _as_source(source, feed_names)
         self.feed_names = list(feed_names)
         self.own = teacher_own_feeds
@@ -26,14 +27,8 @@ class Feeder:
             raise DataError(f"a training batch lacks the model inputs {missing} (it has {sorted(data)}); "
                             "the training data must provide every feed of the model")
         feed = {n: np.asarray(data[n]) for n in self.feed_names}
-        for var, key in self.own.items():
-            if var in data:
-                feed[var] = np.asarray(data[var])
-            elif key in data:
-                feed[var] = np.asarray(data[key])
-            else:
-                raise DataError(f"merge_feed is false, so the teacher input {key} must come in every batch "
-                                f"(as {key!r} or {var!r}); the batch has {sorted(data)}")
+        for var, student_input in self.own.items():  # merge_feed=False: the teacher's own input vars
+            feed[var] = feed[student_input]
         return feed
 
 

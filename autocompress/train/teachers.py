@@ -6,9 +6,10 @@ one executor run computes student and teachers together. Teacher ops run in infe
 their vars stop gradients: the teacher is a fixed target, never trained.
 
 merge_feed=True (the spec's default) feeds the teacher from the student's inputs, matched by
-position; feeds that differ in count, dtype or a known dimension are a ConfigError. With
-merge_feed=False the teacher keeps its own inputs (prefixed vars), fed from the batch under the
-teacher's own feed names.
+position: one shared input var. With merge_feed=False (PaddleSlim merges no feeds then) the teacher
+keeps its own input vars (prefixed, e.g. `teacher_img`), and each is fed the same batch array as the
+student's input at its position, whatever the teacher calls it. Either way, feeds that differ in
+count, dtype or a known dimension are a ConfigError: the one batch could not feed both.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .trainable import copy_persistables, persistable_value_names
 class MergedTeacher:
     prefix: str
     feed_map: dict[str, str]       # teacher feed name -> var that holds it in the merged program
-    own_feeds: dict[str, str]      # merge_feed=False: prefixed var -> batch key it is fed from
+    own_feeds: dict[str, str]      # merge_feed=False: prefixed teacher input -> student input fed to it
     output_names: list[str]        # teacher outputs, prefixed
     var_names: set[str]            # the teacher's original (unprefixed) var names
 
@@ -54,7 +55,8 @@ def merge_teacher(program, student_feeds: list[str], teacher, prefix: str, merge
     if tprog.num_blocks > 1:
         raise ModelError(f"teacher {teacher.files.model_path} has control-flow sub-blocks; such teachers "
                          "are not supported. Use a teacher without while/conditional_block ops.")
-    feed_map = _match_feeds(program, student_feeds, teacher, tblock) if merge_feed else {}
+    matched = _match_feeds(program, student_feeds, teacher, tblock, merge_feed)
+    feed_map = matched if merge_feed else {}
     clash = [prefix + n for n in tblock.vars if block.has_var(prefix + n)]
     if clash:
         raise ModelError(f"the student already has vars named {clash[:5]}, which the teacher prefix "
@@ -87,7 +89,7 @@ def merge_teacher(program, student_feeds: list[str], teacher, prefix: str, merge
             block.var(mapped(name)).stop_gradient = True
     copy_persistables(tprog, teacher.scope, train_scope, place, prefix=prefix,
                       names=persistable_value_names(tprog))
-    own = {} if merge_feed else {prefix + n: n for n in teacher.feed_names}
+    own = {} if merge_feed else {prefix + t: s for t, s in matched.items()}
     return MergedTeacher(prefix, feed_map, own, [mapped(n) for n in teacher.fetch_names],
                          set(tblock.vars) - {"feed", "fetch"})
 
@@ -99,15 +101,19 @@ def _has_lod(var) -> bool:
         return False
 
 
-def _match_feeds(program, student_feeds, teacher, tblock) -> dict[str, str]:
-    """merge_feed=True: teacher input i is student input i; check they can share data."""
+def _match_feeds(program, student_feeds, teacher, tblock, merge_feed: bool = True) -> dict[str, str]:
+    """Teacher input i takes student input i's data (one var if merge_feed, else the teacher's own);
+    check they can share data."""
     sblock = program.global_block()
     tfeeds = list(teacher.feed_names)
+    what = ("merge_feed=True needs the teacher and student to take the same inputs" if merge_feed else
+            "merge_feed: false feeds the teacher the student's batch (input i to input i, under the teacher's "
+            "own input names)")
+    fix = ("Use a teacher with the same inputs." if merge_feed else
+           "Use a teacher whose inputs take the same arrays as the student's.")
     if len(tfeeds) != len(student_feeds):
-        raise ConfigError(
-            f"merge_feed=True needs the teacher and student to take the same inputs, but the teacher "
-            f"{teacher.files.model_path} takes {tfeeds} and the student takes {student_feeds}. Use a "
-            "teacher with the same inputs, or set merge_feed: false and feed the teacher its own inputs.")
+        raise ConfigError(f"{what}, but the teacher {teacher.files.model_path} takes {tfeeds} and the student "
+                          f"takes {student_feeds}. {fix}")
     problems = []
     for t, s in zip(tfeeds, student_feeds):
         tv, sv = tblock.var(t), sblock.var(s)
@@ -116,6 +122,6 @@ def _match_feeds(program, student_feeds, teacher, tblock) -> dict[str, str]:
         if tv.dtype != sv.dtype or not same_dims:
             problems.append(f"teacher {t} {list(tv.shape)} {tv.dtype} vs student {s} {list(sv.shape)} {sv.dtype}")
     if problems:
-        raise ConfigError("merge_feed=True, but the teacher's inputs do not match the student's: "
-                          + "; ".join(problems) + ". Use a teacher with matching inputs, or merge_feed: false.")
+        raise ConfigError(f"{what}, but the teacher's inputs do not match the student's: " + "; ".join(problems)
+                          + f". {fix}")
     return dict(zip(tfeeds, student_feeds))
