@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autocompress.config import TrainConfig, build
-from autocompress.errors import ConfigError
+from autocompress.errors import ConfigError, ModelError
 from autocompress.paddle_env import legacy_ir
 
 
@@ -86,8 +86,9 @@ def _distill(digits_files, digits_data, tmp_path, distill=None, train=None, **kw
 @pytest.fixture
 def one_rank_launch(monkeypatch):
     """The environment paddle.distributed.launch gives the single process of a one-device job."""
-    for key, value in {"PADDLE_TRAINERS_NUM": "1", "PADDLE_TRAINER_ID": "0",
-                       "PADDLE_TRAINER_ENDPOINTS": "127.0.0.1:61701", "PADDLE_CURRENT_ENDPOINT": "127.0.0.1:61701"}.items():
+    endpoint = "127.0.0.1:61701"
+    for key, value in {"PADDLE_TRAINERS_NUM": "1", "PADDLE_TRAINER_ID": "0", "PADDLE_TRAINER_ENDPOINTS": endpoint,
+                       "PADDLE_CURRENT_ENDPOINT": endpoint}.items():
         monkeypatch.setenv(key, value)
 
 
@@ -106,7 +107,8 @@ def test_use_fleet_under_a_launcher_trains_with_fleet_and_recompute(digits_files
     ({"sharding_config": {"sharding_degree": 1}}, r"sharding_config splits the optimizer state across ranks, but "
                                                   r"this job has 1 rank"),
     ({"recompute_config": {"checkpoints": []}}, r"recompute_config needs checkpoints"),
-    ({"recompute_config": {"checkpoints": ["nope.tmp_0"]}}, r"recompute_config.checkpoints \['nope.tmp_0'\] are not vars"),
+    ({"recompute_config": {"checkpoints": ["nope.tmp_0"]}},
+     r"recompute_config.checkpoints \['nope.tmp_0'\] are not vars"),
     ({"recompute_config": {"checkpointz": ["conv2d_1.tmp_0"]}}, r"TrainConfig.recompute_config .*checkpointz.*allowed "
                                                                 r"keys: .*'checkpoints'"),
 ])
@@ -260,3 +262,146 @@ def test_merge_feed_false_refuses_a_teacher_the_batch_cannot_feed(digits_files, 
     with pytest.raises(ConfigError, match=r"merge_feed: false feeds the teacher the student's batch .*teacher x "
                                           r"\[-1, 1, 4, 4\].*student x \[-1, 1, 8, 8\]"):
         _distill(digits_files, digits_data, tmp_path, {"merge_feed": False}, teacher_files=other)
+
+
+# -- effects: distill_lambda, fsp_loss, teacher file names, logging_iter (single and multi-teacher) ----------------
+
+def _logged_steps(caplog) -> dict[int, dict]:
+    """step -> {"total": loss, <term name>: value} from the 'autocompress.train' step log lines."""
+    import re
+
+    steps = {}
+    for step, total, parts in re.findall(r"step (\d+) epoch \d+ loss (\S+) \((.*?)\)", caplog.text):
+        words = parts.split()
+        steps[int(step)] = {"total": float(total), **{k: float(v) for k, v in zip(words[0::2], words[1::2])}}
+    return steps
+
+
+def _logged_run(caplog, run, *args, **kwargs):
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="autocompress.train"):
+        result = run(*args, **kwargs)
+    return result, _logged_steps(caplog)
+
+
+def _weights(files, names) -> dict:
+    import numpy as np
+
+    from autocompress import model_io
+
+    with legacy_ir():
+        model = model_io.load_model(files)
+        return {n: np.array(model.scope.find_var(n).get_tensor()) for n in names}
+
+
+EVERY_STEP = {"logging_iter": 1}
+WEIGHTS = ("conv2d_0.w_0", "linear_0.w_0")
+
+
+def test_distill_lambda_weights_each_loss_in_the_total(digits_files, digits_data, tmp_path, caplog):
+    _, logged = _logged_run(caplog, _distill, digits_files, digits_data, tmp_path / "a",
+                            {"distill_loss": ["l2_loss", "kl_loss"], "distill_lambda": [3.0, 0.5]}, EVERY_STEP)
+    assert sorted(logged) == [1, 2, 3]
+    for step in logged.values():
+        assert step["l2_loss"] > 0 and step["kl_loss"] > 0
+        assert step["total"] == pytest.approx(3.0 * step["l2_loss"] + 0.5 * step["kl_loss"], rel=1e-3)
+
+
+def test_distill_lambda_zero_leaves_the_student_untrained(digits_files, digits_data, tmp_path):
+    import numpy as np
+
+    before = _weights(digits_files, WEIGHTS)
+    after = {lam: _weights(_distill(digits_files, digits_data, tmp_path / str(lam), {"distill_lambda": lam},
+                                    evaluate_initial=False)["model_files"], WEIGHTS) for lam in (0.0, 1.0)}
+    assert all(np.array_equal(after[0.0][n], before[n]) for n in WEIGHTS)
+    assert all(not np.array_equal(after[1.0][n], before[n]) for n in WEIGHTS)
+
+
+def test_fsp_loss_on_two_conv_feature_maps_trains_only_what_feeds_them(digits_files, digits_data, tmp_path, caplog):
+    """fsp_loss relates conv2d_0 and conv2d_1 outputs: it is in the loss, and its gradient reaches the conv
+    weights but not the classifier after them."""
+    import numpy as np
+
+    pairs = ["teacher_conv2d_0.tmp_0", "conv2d_0.tmp_0", "teacher_conv2d_1.tmp_0", "conv2d_1.tmp_0"]
+    result, logged = _logged_run(caplog, _distill, digits_files, digits_data, tmp_path,
+                                 {"distill_loss": "fsp_loss", "distill_node_pair": pairs, "distill_lambda": 2.0},
+                                 EVERY_STEP, evaluate_initial=False)
+    assert sorted(logged) == [1, 2, 3]
+    for step in logged.values():
+        assert step["fsp_loss"] > 0 and step["total"] == pytest.approx(2.0 * step["fsp_loss"], rel=1e-3)
+    before, after = _weights(digits_files, WEIGHTS), _weights(result["model_files"], WEIGHTS)
+    assert not np.array_equal(after["conv2d_0.w_0"], before["conv2d_0.w_0"])
+    assert np.array_equal(after["linear_0.w_0"], before["linear_0.w_0"])
+
+
+@pytest.fixture
+def two_model_dir(digits_files, tmp_path):
+    """A folder with two teachers: the original as inference.* and a noisy copy as noisy.pdmodel/noisy.pdiparams."""
+    import shutil
+
+    from autocompress.model_io import locate_model
+    from test_train_support import perturb_model
+
+    noisy = perturb_model(digits_files, tmp_path / "noisy-src", noise=0.5)
+    folder = tmp_path / "teachers"
+    folder.mkdir()
+    for src in digits_files.files():
+        shutil.copy(src, folder / src.name)
+    shutil.copy(noisy.model_path, folder / "noisy.pdmodel")
+    shutil.copy(noisy.model_dir / noisy.params_filename, folder / "noisy.pdiparams")
+    return folder, locate_model(folder, "noisy.pdmodel", "noisy.pdiparams")
+
+
+def test_teacher_file_names_load_that_teacher(digits_files, digits_data, tmp_path, two_model_dir, caplog):
+    folder, noisy = two_model_dir
+    named = {"teacher_model_dir": str(folder), "teacher_model_filename": "noisy.pdmodel",
+             "teacher_params_filename": "noisy.pdiparams"}
+    _, by_name = _logged_run(caplog, _distill, digits_files, digits_data, tmp_path / "a", named, EVERY_STEP)
+    _, direct = _logged_run(caplog, _distill, digits_files, digits_data, tmp_path / "b", {}, EVERY_STEP,
+                            teacher_files=noisy)
+    _, original = _logged_run(caplog, _distill, digits_files, digits_data, tmp_path / "c",
+                              dict(named, teacher_model_filename="inference.pdmodel",
+                                   teacher_params_filename="inference.pdiparams"), EVERY_STEP)
+    assert by_name == direct and by_name[1]["l2_loss"] > 10 * original[1]["l2_loss"]
+    for config, match in (({"teacher_model_dir": str(folder)}, r"several model files.*DistillationConfig\."
+                                                                r"teacher_model_filename"),
+                          (dict(named, teacher_model_filename="nope.pdmodel"),
+                           r"nope\.pdmodel does not exist.*DistillationConfig\.teacher_model_filename"),
+                          (dict(named, teacher_params_filename="nope.pdiparams"),
+                           r"nope\.pdiparams does not exist.*DistillationConfig\.teacher_params_filename")):
+        with pytest.raises(ModelError, match=match):
+            _distill(digits_files, digits_data, tmp_path / "bad", config)
+
+
+def test_logging_iter_logs_every_n_steps(digits_files, digits_data, tmp_path, caplog):
+    _, logged = _logged_run(caplog, _distill, digits_files, digits_data, tmp_path, {},
+                            {"train_iter": 6, "eval_iter": 6, "logging_iter": 2})
+    assert sorted(logged) == [2, 4, 6]
+
+
+def test_multi_teacher_lambdas_file_names_and_logging(digits_files, digits_data, tmp_path, two_model_dir, caplog):
+    """Teacher 1 (picked by file name) with lambda 1, teacher 0 with lambda 0: the student trains exactly as
+    with teacher 1 alone; logging_iter 2 logs steps 2 and 4 with both teachers' terms."""
+    from autocompress.train import run_multi_teacher
+    from test_train_support import top1_evaluator, train_source
+
+    folder, noisy = two_model_dir
+    x, y = digits_data["eval"]
+    train = {"train_iter": 4, "eval_iter": 4, "logging_iter": 2}
+    config = {"teacher_model_dir": [str(digits_files.model_dir), str(folder)], "distill_loss": ["kl_loss", "l2_loss"],
+              "distill_lambda": [0.0, 1.0], "teacher_model_filename": [None, "noisy.pdmodel"],
+              "teacher_params_filename": [None, "noisy.pdiparams"]}
+    _, multi = _logged_run(caplog, run_multi_teacher, digits_files, train_source(digits_data["train"][0]),
+                           top1_evaluator(x[:200], y[:200]), config, dict(QUICK, **train), tmp_path / "multi")
+    _, single = _logged_run(caplog, _distill, digits_files, digits_data, tmp_path / "single", {}, train,
+                            teacher_files=noisy)
+    assert sorted(multi) == sorted(single) == [2, 4]
+    for step in (2, 4):
+        assert multi[step]["teacher0_kl_loss"] > 0
+        assert multi[step]["total"] == multi[step]["teacher1_l2_loss"] == single[step]["l2_loss"]
+    with pytest.raises(ModelError, match=r"teacher_model_dir\[1\].*nope\.pdmodel does not exist.*"
+                                         r"MultiTeacherDistillationConfig\.teacher_model_filename\[1\]"):
+        run_multi_teacher(digits_files, train_source(digits_data["train"][0]), top1_evaluator(x[:200], y[:200]),
+                          dict(config, teacher_model_filename=[None, "nope.pdmodel"]), QUICK, tmp_path / "bad")

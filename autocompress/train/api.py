@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from ..config import DistillationConfig, MultiTeacherDistillationConfig, QuantizationConfig, build
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..model_io import InputGuard, ModelFiles, load_model, locate_model, save_model, sha256_file
 from .engine import TeacherSpec, TrainResult, train_program
 from .trainable import make_trainable, node_names
@@ -22,12 +22,21 @@ def _as_list(v):
     return v if isinstance(v, list) else [v]
 
 
-def _teacher_files(model_dir, model_filename, params_filename, default: ModelFiles) -> ModelFiles:
+def _teacher_files(model_dir, model_filename, params_filename, default: ModelFiles,
+                   key: str = "DistillationConfig") -> ModelFiles:
+    """`key`: where the teacher is configured, e.g. 'MultiTeacherDistillationConfig' + '[1]' for errors."""
     if isinstance(model_dir, ModelFiles):
         return model_dir
     if model_dir is None:
         return default  # the spec's teacher defaults to the original model
-    return locate_model(model_dir, model_filename, params_filename)
+    section, _, index = key.partition("[")
+    index = f"[{index}" if index else ""
+    try:
+        return locate_model(model_dir, model_filename, params_filename)
+    except ModelError as err:
+        raise ModelError(f"the teacher in {section}.teacher_model_dir{index} ({model_dir}): {err}. Name its files "
+                         f"with {section}.teacher_model_filename{index} and {section}.teacher_params_filename{index} "
+                         f"(now {model_filename!r} and {params_filename!r})") from None
 
 
 def run_distill(model_files: ModelFiles, train_source, evaluator, distill_config, train_config, save_dir,
@@ -68,7 +77,7 @@ def run_multi_teacher(model_files: ModelFiles, train_source, evaluator, distill_
     for i in range(n):
         tfiles = teacher_files[i] if teacher_files is not None else _teacher_files(
             mc.teacher_model_dir[i], (mc.teacher_model_filename or [None] * n)[i],
-            (mc.teacher_params_filename or [None] * n)[i], model_files)
+            (mc.teacher_params_filename or [None] * n)[i], model_files, f"MultiTeacherDistillationConfig[{i}]")
         specs.append((tfiles, [mc.distill_loss[i]], [float(mc.distill_lambda[i])],
                       mc.distill_node_pair[i] if mc.distill_node_pair else None))
     strategy = "multi_teacher_distill" if qc is None else "qat_multi_teacher_distill"
