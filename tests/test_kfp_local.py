@@ -96,8 +96,8 @@ def test_failed_stage_is_a_clear_error(tmp_path, digits_files, data, digits_data
     x, _ = digits_data["calib"]
     write_dataset(tmp_path / "wrong-feed", {"image": x[:64]})
     cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, train=str(tmp_path / "wrong-feed"))
-    with pytest.raises(kfp_layer.KFPError, match="stage calibrate failed with DataError: .*lacks the model "
-                       r"inputs \['x'\]; it has \['image'\]") as info:
+    with pytest.raises(kfp_layer.KFPError, match="stage calibrate failed with DataError: .*provides the feeds "
+                       r"\['image'\] but the model expects \['x'\]") as info:
         local_run.run_local(cfg, echo=lambda line: None)
     assert "end of the log" in str(info.value)
 
@@ -123,7 +123,7 @@ def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_f
         assert run.summary["model_dir"] == "s3://mlbucket/published/run1/model"
         published = sorted(store.list("s3://mlbucket/published/run1"))
         assert published == ["model/MODEL_CARD.md", "model/autocompress.json", "model/inference.pdiparams",
-                             "model/inference.pdmodel", "report.md", "summary.json"]
+                             "model/inference.pdmodel", "report.md", "summary.json", "trials.json"]
         stat = store.client.stat_object("mlbucket", "published/run1/model/inference.pdiparams")
         assert storage._meta(stat.metadata, "sha256") == __import__("autocompress.model_io", fromlist=["x"]).sha256_file(
             run.model_dir / "inference.pdiparams")

@@ -34,7 +34,7 @@ def pipeline_arguments(config, *, gpu: bool = False, publish_uri: str | None = N
         "params_filename": rc.Model.params_filename or "", "device": rc.Device, "batch_size": data.batch_size,
         "publish_uri": publish_uri or "",
     }
-    if trial_shards is not None:
+    if trial_shards is not None and "ptq_search" in strategy.stages:  # the search's ParallelFor width
         args["trial_shards"] = int(trial_shards)
     if s3_endpoint is not None:
         args["s3_endpoint"] = s3_endpoint

@@ -89,7 +89,7 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
             raise KFPError(f"the {name} pipeline finished but its export artifact is missing under {root}")
         from ..atomic import replace_dir
 
-        for child in ("model", "summary.json", "report.md"):
+        for child in ("model", "summary.json", "report.md", "trials.json"):
             src, dst = exported[-1] / child, save / child
             if src.is_dir():
                 tmp = save / f".{child}.tmp"

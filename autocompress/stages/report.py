@@ -11,12 +11,16 @@ from .artifact import ModelArtifact
 def evaluate(original, compressed: ModelArtifact, evaluation, job, device: str, records: list[dict] | None = None,
              seconds: float | None = None) -> dict:
     """Measure `compressed` next to `original` and assemble the summary. `records` are the stage
-    records (wall time, peak RSS) so far; `seconds` the run's wall time (default: their sum)."""
+    records (wall time, peak RSS) so far (this stage's own is appended); `seconds` the run's wall
+    time (default: the sum of the records)."""
     from ..measure import compare_models
+    from .artifact import StageTimer
 
-    compared = compare_models(original, compressed.files, compressed.meta, evaluation, job.eval, job.latency_threads)
-    return assemble_summary(job, compressed, compared, device, records if records is not None else compressed.stages,
-                            seconds)
+    with StageTimer("evaluate") as t:
+        compared = compare_models(original, compressed.files, compressed.meta, evaluation, job.eval,
+                                  job.latency_threads)
+    records = list(records if records is not None else compressed.stages) + [t.record]
+    return assemble_summary(job, compressed, compared, device, records, seconds)
 
 
 def assemble_summary(job, compressed: ModelArtifact, compared: dict, device: str, records: list[dict],
