@@ -175,3 +175,16 @@ def test_paddleslim_style_callback_sees_each_trials_program(digits, tmp_path):
                             tmp_path, progress=False)
     assert seen[0] == 0 and all(n > 0 for n in seen[1:]) and len(seen) == 3
     assert result["deployed_metric"] is None and result["metric"] >= result["baseline_metric"] - 0.01
+
+
+def test_grid_with_a_range_no_algorithm_uses_terminates():
+    """hist_percent is a range but no 'hist' algorithm is searched: more levels add nothing, and the
+    grid used to grow its level count forever."""
+    from autocompress.config import HyperParameterOptimizationConfig
+    from autocompress.quant.space import GridSampler, SearchSpace
+
+    hpo = HyperParameterOptimizationConfig(ptq_algo=["avg", "abs_max"], bias_correct=[False], batch_size=[16],
+                                           batch_num=[2], hist_percent=[0.98, 0.999], max_quant_count=4,
+                                           search_algo="grid")
+    grid = GridSampler(SearchSpace.from_config(hpo), seed=0, budget=4).grid
+    assert sorted(c.ptq_algo for c in grid) == ["abs_max", "avg"]

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_json_atomic
-from ..errors import AutoCompressError
+from ..errors import AutoCompressError, ConfigError
 from ..job import Job
 from ..stages.artifact import ModelArtifact, StageTimer
 
@@ -27,8 +27,13 @@ REPORT_FILE = "report.md"
 
 
 # ---- shared inputs ------------------------------------------------------------------------------
-def _job(config, **settings) -> Job:
-    return Job.from_pipeline(config, **settings)
+def _job(config, stage: str | None = None, **settings) -> Job:
+    """The pipeline's job; `stage`: this component runs that stage, so the strategy must have it."""
+    job = Job.from_pipeline(config, **settings)
+    if stage is not None and stage not in job.strategy.stages:
+        raise ConfigError(f"the config describes the {job.strategy.name} strategy, which has no {stage} stage; "
+                          f"run the {job.strategy.name} pipeline instead, or change the config")
+    return job
 
 
 def _dataset(folder, batch_size: int):
@@ -120,7 +125,7 @@ def load_data(uri: str, dest, batch_size: int = 32) -> dict:
 def calibrate(model_dir, data_dir, config, dest, device: str = "cpu", batch_size: int = 32) -> dict:
     from ..stages.ptq import calibrate as calibrate_stage
 
-    job = _job(config, device=device, batch_size=batch_size, expect="ptq_hpo")
+    job = _job(config, "calibrate", device=device, batch_size=batch_size)
     model = ModelArtifact.load(model_dir)
     with StageTimer("calibrate") as t:
         stats = calibrate_stage(model.files, _bound(data_dir, batch_size, model.files),
@@ -137,7 +142,7 @@ def calibrate(model_dir, data_dir, config, dest, device: str = "cpu", batch_size
 def plan_trials(config, shards: int = 1) -> list[str]:
     from ..stages.ptq import plan_trials as plan
 
-    job = _job(config, expect="ptq_hpo")
+    job = _job(config, "calibrate")
     return [json.dumps(p, sort_keys=True) for p in plan(job.configs["HyperParameterOptimizationConfig"], shards)]
 
 
@@ -147,8 +152,8 @@ def ptq_trial(model_dir, stats_dir, calib_dir, eval_dir, config, trial, dest, *,
     from ..quant.calibration import CalibrationStats
     from ..stages.ptq import ptq_search
 
-    job = _job(config, metric=metric, max_drop=max_drop, drop_type=drop_type, device=device, batch_size=batch_size,
-               expect="ptq_hpo")
+    job = _job(config, "ptq_search", metric=metric, max_drop=max_drop, drop_type=drop_type, device=device,
+               batch_size=batch_size)
     part = json.loads(trial) if isinstance(trial, str) else dict(trial)
     model = ModelArtifact.load(model_dir)
     calib_info = json.loads((Path(stats_dir) / STATS_INFO).read_text()) if stats_dir else {}
@@ -159,7 +164,8 @@ def ptq_trial(model_dir, stats_dir, calib_dir, eval_dir, config, trial, dest, *,
         evaluation = _evaluation(job, model.files, eval_dir, place)
         found = ptq_search(model, stats, _bound(calib_dir, batch_size, model.files), evaluation,
                            job.configs["QuantizationConfig"], job.configs["HyperParameterOptimizationConfig"], part,
-                           job.target_metric(evaluation.baseline), work, place, progress=False)
+                           job.target_metric(evaluation.baseline), work, place, progress=False,
+                           strategy=job.strategy.name)
         saved = found.save(dest)
     meta = {**saved.meta, "stages": saved.stages + [t.record]}
     write_json_atomic(Path(dest) / "autocompress.json", meta)
@@ -187,7 +193,7 @@ def select_best(candidate_dirs, dest) -> dict:
 def prune(model_dir, config, dest, device: str = "cpu", batch_size: int = 32) -> dict:
     from ..stages.train import prune as prune_stage
 
-    job = _job(config, device=device, batch_size=batch_size, expect="prune_distill")
+    job = _job(config, "prune", device=device, batch_size=batch_size)
     describe(model_dir)
     model = ModelArtifact.load(model_dir)
     with StageTimer("prune") as t, tempfile.TemporaryDirectory(prefix="ac-prune-") as work:
@@ -243,10 +249,8 @@ def distill_train(student_dir, teacher_dir, train_dir, eval_dir, config, dest, *
     from .. import storage
     from ..stages.train import distill_train as train_stage
 
-    job = _job(config, metric=metric, max_drop=max_drop, drop_type=drop_type, device=device, batch_size=batch_size)
-    if not job.strategy.trains:
-        raise AutoCompressError(f"distill_train got a {job.strategy.name} config, which does not train; run the "
-                                f"{job.strategy.name} pipeline")
+    job = _job(config, "distill_train", metric=metric, max_drop=max_drop, drop_type=drop_type, device=device,
+               batch_size=batch_size)
     student, original = ModelArtifact.load(student_dir), ModelArtifact.load(teacher_dir)
     place = _place(job)
     with contextlib.ExitStack() as stack:

@@ -122,7 +122,9 @@ class GridSampler(Sampler):
             return sum(levels ** len(relevant(c)) for c in combos)
 
         levels = 1
-        while ranged and size(levels + 1) <= budget:
+        # stop when more levels add no configuration (a range no combination uses, e.g. hist_percent
+        # without the 'hist' algorithm) or exceed the budget
+        while ranged and size(levels) < size(levels + 1) <= budget:
             levels += 1
         if levels == 1 and ranged and budget > len(combos):
             levels = 2  # rather both ends of each range, subsampled, than midpoints only

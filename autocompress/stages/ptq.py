@@ -59,7 +59,7 @@ def part_config(hpo: cfg.HyperParameterOptimizationConfig, part: dict) -> cfg.Hy
 
 def ptq_search(model: ModelArtifact, stats, calib_source, evaluation, quant: cfg.QuantizationConfig,
                hpo: cfg.HyperParameterOptimizationConfig, part: dict, target_metric: float, work_dir,
-               place=None, progress: bool = True) -> ModelArtifact:
+               place=None, progress: bool = True, strategy: str = "ptq_search") -> ModelArtifact:
     """Search one part from the shared statistics; the best int8 model of the part, all its trials."""
     from ..quant.ptq_search import run_ptq_search
 
@@ -67,7 +67,7 @@ def ptq_search(model: ModelArtifact, stats, calib_source, evaluation, quant: cfg
                             save_dir=Path(work_dir), place=place, target_metric=target_metric, progress=progress,
                             stats=stats)
     result["trials"] = [dict(t, shard=part.get("shard", 0)) for t in result.get("trials", [])]
-    return ModelArtifact.from_result(result, model, "ptq_hpo", trial=part, baseline_metric=evaluation.baseline)
+    return ModelArtifact.from_result(result, model, strategy, trial=part, baseline_metric=evaluation.baseline)
 
 
 def select_best(candidates: list[ModelArtifact]) -> ModelArtifact:

@@ -89,7 +89,7 @@ def _search(job, original, calib, evaluation, save_dir, place, progress) -> Mode
     [part] = plan_trials(hpo, 1)  # one process: one part searches every trial (a pipeline may fan out)
     with StageTimer("ptq_search") as t:
         found = ptq_search(original, stats, calib, evaluation, quant, hpo, part,
-                           job.target_metric(evaluation.baseline), save_dir, place, progress)
+                           job.target_metric(evaluation.baseline), save_dir, place, progress, job.strategy.name)
     records.append(t.record)
     with StageTimer("select_best") as t:
         best = select_best([found])
