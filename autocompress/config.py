@@ -1,5 +1,7 @@
 """The spec's seven config classes, the YAML run file, and validation before any work.
 
+(Over 400 lines on purpose: the classes are the spec's contract and are read side by side with it.)
+
 Field names and defaults follow `spec/auto-compression-api.rst` (and PaddleSlim's defaults where the
 spec gives none). Every class forbids unknown keys: a typo is an error naming the key and the
 allowed ones, never a silent ignore. Extensions beyond the spec are marked "extension".
@@ -66,6 +68,20 @@ class QuantizationConfig(_Config):
         if unknown:
             raise ValueError(
                 f"quantize_op_types has unknown op types {unknown}; allowed: {sorted(QUANTIZABLE_OP_TYPES)}")
+        return self
+
+    @model_validator(mode="after")
+    def _bits_run_on_the_backend(self):
+        if self.weight_bits > 8:
+            raise ValueError(f"weight_bits={self.weight_bits}: quantized weights are stored as int8 (Paddle's "
+                             "dequantize_linear has no kernel for wider integers); use weight_bits 2 to 8")
+        other = [f"{k}={getattr(self, k)}" for k in ("weight_bits", "activation_bits") if getattr(self, k) != 8]
+        if other and self.deploy_backend != "none":
+            raise ValueError(
+                f"{' and '.join(other)}: the int8 kernels of deploy_backend '{self.deploy_backend}' run 8-bit "
+                "quantization only (Paddle Inference refuses other bit_length values). Set deploy_backend: none "
+                "(models are then selected by the simulated metric; the saved model runs on Paddle Inference's FP32 "
+                "kernels with its weights dequantized), or use 8 bits")
         return self
 
 

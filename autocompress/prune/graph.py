@@ -1,5 +1,7 @@
 """Channel dependency analysis over a legacy static program (NCHW vision models).
 
+(Over 400 lines on purpose: one rule per op type that carries channels; they are read side by side.)
+
 Removing output channel `i` of a convolution is only safe if every tensor that carries that
 channel shrinks with it: the batch norm after it, the activations, a depthwise conv (whose filter
 and `groups` follow the channels), the other members of a residual `elementwise_add`, a `concat`

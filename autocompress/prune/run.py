@@ -3,7 +3,7 @@ DistillationConfig): prune or mask a private copy of the model, then fine-tune i
 from the original with the training engine (`train.engine.train_program`), masks re-applied after
 every optimizer step through its `after_step` hook.
 
-Both return the StrategyResult dict of docs/engine-interfaces.md plus params / FLOPs / sizes /
+Both return the engine result dict (docs/engine.md) plus params / FLOPs / sizes /
 sparsity before and after. The input model is never modified; the model lands atomically in
 `save_dir/model`, checkpoints in `save_dir/checkpoints` (a rerun resumes).
 """

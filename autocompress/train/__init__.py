@@ -1,5 +1,5 @@
 """Training from an inference model: distillation (single / multi-teacher), QAT + distillation,
-and the `train_program` hook that pruning uses to fine-tune. See docs/engine-interfaces.md."""
+and the `train_program` hook that pruning uses to fine-tune. See docs/engine.md."""
 from .api import list_nodes, run_distill, run_multi_teacher, save_trained
 from .engine import StepContext, TeacherSpec, TrainingError, TrainResult, scope_predictor, train_program
 from .trainable import TrainableProgram, make_trainable
