@@ -19,8 +19,11 @@ def digits_data(seed=0):
     return {"train": (x[:1000], y[:1000]), "calib": (x[1000:1300], y[1000:1300]), "eval": (x[1300:], y[1300:])}
 
 
-def train_digits_cnn(out_dir, seed=0, steps=300):
-    """A conv-conv-fc classifier saved as a legacy .pdmodel; returns ModelFiles. ~3 s on 2 cores."""
+def train_digits_cnn(out_dir, seed=0, steps=300, second_conv_scope=None):
+    """A conv-conv-fc classifier saved as a legacy .pdmodel; returns ModelFiles. ~3 s on 2 cores.
+    second_conv_scope: build the second conv under `paddle.static.name_scope(second_conv_scope)`."""
+    import contextlib
+
     from autocompress.model_io import locate_model
     from autocompress.paddle_env import legacy_ir
 
@@ -32,7 +35,8 @@ def train_digits_cnn(out_dir, seed=0, steps=300):
             x = paddle.static.data("x", [-1, 1, 8, 8], "float32")
             label = paddle.static.data("label", [-1, 1], "int64")
             h = paddle.nn.functional.relu(paddle.static.nn.conv2d(x, 16, 3, padding=1))
-            h = paddle.nn.functional.relu(paddle.static.nn.conv2d(h, 32, 3, padding=1))
+            with paddle.static.name_scope(second_conv_scope) if second_conv_scope else contextlib.nullcontext():
+                h = paddle.nn.functional.relu(paddle.static.nn.conv2d(h, 32, 3, padding=1))
             h = paddle.nn.functional.max_pool2d(h, 2)
             logits = paddle.static.nn.fc(paddle.flatten(h, 1), 10)
             prob = paddle.nn.functional.softmax(logits)

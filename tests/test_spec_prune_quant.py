@@ -197,3 +197,193 @@ def test_geometry_median_drops_the_filter_closest_to_the_others(tmp_path, criter
     assert [list(v) for v in plan.removed.values()] == [[dropped]]
     expected = np.delete(np.array([[0.5, 0.5], [3, 0], [0, 3], [0.1, 0]], np.float32), dropped, axis=0)
     assert np.array_equal(kept, expected)  # the remaining filters, in order
+
+
+# --- 5. QuantizationConfig through the PTQ engine: the saved model shows each key's effect -------------
+
+ONE_TRIAL = {"ptq_algo": "abs_max", "batch_size": 10, "batch_num": 5, "bias_correct": False,
+             "search_algo": "grid", "max_quant_count": 1, "finalists": 1}
+WEIGHT_OPS = ("conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2")
+
+
+def _ptq(files, data, out, deploy_eval=False, **quant):
+    from autocompress.quant.ptq_search import run_ptq_search
+    from test_quant_fixtures import calib_batches, top1_evaluator
+
+    x, y = data["eval"]
+    return run_ptq_search(files, calib_batches(data["calib"][0][:50]), top1_evaluator(x[:200], y[:200]), quant,
+                          ONE_TRIAL, out, progress=False, deploy_eval=deploy_eval)
+
+
+class SavedOps:
+    """The saved quantized program, read as: which ops quantize which inputs."""
+
+    def __init__(self, result):
+        self.model = model_io.load_model(result["model_files"])
+        block = self.model.program.global_block()
+        self.ops = list(block.ops)
+        self.producer = {n: op for op in self.ops for n in op.output_arg_names}
+        self.block = block
+
+    def real_quant(self, op) -> list[str]:
+        """Input slots of `op` fed by a real quantize -> dequantize pair (a weight, or an activation whose
+        quantize_linear is no mere observer of the oneDNN scales)."""
+        slots = []
+        for slot in op.input_names:
+            for name in op.input(slot):
+                deq = self.producer.get(name)
+                if deq is None or deq.type != "dequantize_linear":
+                    continue
+                src = deq.input("X")[0]
+                quant = self.producer.get(src)
+                if self.block.var(src).persistable or (quant is not None and quant.type == "quantize_linear"
+                                                       and not (quant.has_attr("only_observer")
+                                                                and quant.attr("only_observer"))):
+                    slots.append(slot)
+        return slots
+
+    def quantized_types(self) -> set[str]:
+        return {op.type for op in self.ops if op.type not in ("quantize_linear", "dequantize_linear")
+                and self.real_quant(op)}
+
+    def of_type(self, kind):
+        return [op for op in self.ops if op.type == kind]
+
+    def skip_quant(self, op) -> bool:
+        return op.has_attr("skip_quant") and op.attr("skip_quant") == 1
+
+
+@pytest.fixture(scope="module")
+def default_ptq(digits_files, digits_data, tmp_path_factory):
+    return _ptq(digits_files, digits_data, tmp_path_factory.mktemp("ptq-default"))
+
+
+def test_quantize_op_types_quantizes_only_the_listed_types(digits_files, digits_data, default_ptq, tmp_path):
+    only = _ptq(digits_files, digits_data, tmp_path / "mm", quantize_op_types=["matmul_v2"])
+    with legacy_ir():
+        default, mm = SavedOps(default_ptq), SavedOps(only)
+        assert default.quantized_types() == {"conv2d", "matmul_v2"}  # the digits CNN's weight ops
+        assert mm.quantized_types() == {"matmul_v2"}
+        assert mm.real_quant(mm.of_type("matmul_v2")[0]) == ["X", "Y"]
+        for conv in mm.of_type("conv2d"):
+            assert mm.block.var(conv.input("Filter")[0]).persistable  # FP32 weights, no dequantize_linear
+            # and oneDNN must not run it in int8 from its neighbours' observer scales either
+            assert mm.skip_quant(conv)
+        assert not any(default.skip_quant(op) for op in default.ops)
+
+
+def test_excluded_op_types_stay_fp32_when_deployed_with_onednn_int8(digits_files, digits_data, tmp_path):
+    """The deployed outputs with conv2d left out of quantize_op_types equal those of the same model with
+    every conv explicitly kept FP32 (FP32 fallback): oneDNN ran no conv in int8."""
+    from autocompress.backend import inference_predictor
+    from autocompress.model_io import load_model
+    from autocompress.quant.apply import QuantTemplate, save_quantized
+    from autocompress.quant.calibration import collect_stats
+    from autocompress.quant.targets import find_targets, int8_layers
+    from autocompress.quant.thresholds import compute_thresholds
+    from test_quant_fixtures import calib_batches
+
+    from autocompress.config import QuantizationConfig
+
+    with legacy_ir():
+        model = load_model(digits_files)
+        targets = find_targets(model.program, QuantizationConfig(quantize_op_types=["matmul_v2"]))
+        stats = collect_stats(model, calib_batches(digits_data["calib"][0][:50]), targets, chunk_size=10)
+        thresholds = compute_thresholds(stats, "abs_max")
+        assert not [layer for layer in int8_layers(model.program, targets) if layer.op_type == "conv2d"]
+        excluded = save_quantized(QuantTemplate(model, targets).instantiate(thresholds), model, tmp_path / "a")
+        convs = [f"conv2d({op.output('Output')[0]})" for op in model.program.global_block().ops
+                 if op.type == "conv2d"]
+        kept = save_quantized(QuantTemplate(model, targets, fp32_layers=convs).instantiate(thresholds), model,
+                              tmp_path / "b")
+    x = digits_data["eval"][0][:64]
+    a = inference_predictor(excluded, int8=True)({"x": x})[0]
+    b = inference_predictor(kept, int8=True)({"x": x})[0]
+    assert np.array_equal(a, b)
+
+
+def test_is_full_quantize_quantizes_more_op_types(digits_files, digits_data, default_ptq, tmp_path):
+    full = _ptq(digits_files, digits_data, tmp_path / "full", is_full_quantize=True,
+                quantize_op_types=["matmul_v2"])  # ignored: every type Paddle supports
+    with legacy_ir():
+        default, everything = SavedOps(default_ptq).quantized_types(), SavedOps(full).quantized_types()
+    assert default < everything
+    assert {"conv2d", "matmul_v2", "pool2d", "elementwise_add"} <= everything
+    assert full["metric"] >= full["baseline_metric"] - 0.05
+
+
+@pytest.mark.parametrize("weight_bits, activation_bits", [(4, 4), (4, 8), (8, 6)])
+def test_bits_set_the_quantization_grid(digits_files, digits_data, tmp_path, weight_bits, activation_bits):
+    r = _ptq(digits_files, digits_data, tmp_path / "bits", weight_bits=weight_bits, activation_bits=activation_bits,
+             deploy_backend="none")
+    with legacy_ir():
+        saved = SavedOps(r)
+        weights = {op.input("X")[0] for op in saved.of_type("dequantize_linear")
+                   if saved.block.var(op.input("X")[0]).persistable}
+        assert weights
+        for op in saved.of_type("quantize_linear") + saved.of_type("dequantize_linear"):
+            bits = weight_bits if op.input("X")[0] in weights else activation_bits
+            assert op.attr("bit_length") == bits
+            assert (op.attr("qmin"), op.attr("qmax")) == (-2 ** (bits - 1), 2 ** (bits - 1) - 1)
+        for name in weights:
+            w = read_param(saved.model.scope, name)
+            axis = 1 if w.ndim == 2 else 0  # the per-channel axis (fc: output columns)
+            levels = max(len(np.unique(np.take(w, i, axis=axis))) for i in range(w.shape[axis]))
+            assert np.abs(w).max() <= 2 ** (weight_bits - 1) and levels <= 2 ** weight_bits
+    # the grid is the one the kernels use: the simulated metric is a real low-bit model's, not noise
+    assert r["metric"] >= r["baseline_metric"] - (0.05 if min(weight_bits, activation_bits) == 4 else 0.02)
+
+
+def test_low_bits_need_a_backend_that_runs_them():
+    from autocompress.config import QuantizationConfig
+
+    with pytest.raises(ConfigError, match=r"weight_bits.*8-bit.*deploy_backend"):
+        build(QuantizationConfig, {"weight_bits": 4})
+    with pytest.raises(ConfigError, match=r"activation_bits.*8-bit.*deploy_backend"):
+        build(QuantizationConfig, {"activation_bits": 6, "deploy_backend": "tensorrt"})
+    assert build(QuantizationConfig, {"weight_bits": 4, "deploy_backend": "none"}).weight_bits == 4
+    with pytest.raises(ConfigError, match=r"weight_bits=12.*int8.*2 to 8"):  # no int16 dequantize kernel
+        build(QuantizationConfig, {"weight_bits": 12, "deploy_backend": "none"})
+    assert build(QuantizationConfig, {"activation_bits": 16, "deploy_backend": "none"}).activation_bits == 16
+
+
+@pytest.mark.parametrize("pattern", [None, "head_fp32"])
+def test_not_quant_pattern_keeps_the_name_scope_fp32(tmp_path, pattern):
+    """The spec: ops whose name_scope contains not_quant_pattern are not quantized (default 'skip_quant')."""
+    from test_quant_fixtures import digits_data, train_digits_cnn
+
+    scope = "skip_quant" if pattern is None else "my_head_fp32_block"
+    files, data = train_digits_cnn(tmp_path / "model", steps=60, second_conv_scope=scope), digits_data()
+    quant = {} if pattern is None else {"not_quant_pattern": pattern}  # a str works like a one-element list
+    r = _ptq(files, data, tmp_path / "out", **quant)
+    with legacy_ir():
+        saved = SavedOps(r)
+        first, second = saved.of_type("conv2d")
+        assert saved.real_quant(first) == ["Filter", "Input"]
+        assert saved.real_quant(second) == [] and saved.skip_quant(second)
+        assert saved.block.var(second.input("Filter")[0]).persistable
+        assert "mul" in saved.quantized_types()  # the static fc
+
+
+def test_qat_programs_use_the_configured_bits_and_hold_left_out_types(digits_files):
+    """QuantizationConfig in QAT (quant.qat): the training program's fake-quant ops and the converted model
+    carry the configured grid (qmin/qmax from the bits), and conv2d, left out of quantize_op_types, is
+    marked for oneDNN to keep FP32."""
+    import paddle
+
+    from autocompress.config import QuantizationConfig
+    from autocompress.quant.qat import convert_for_inference, insert_fake_quant
+
+    qc = QuantizationConfig(weight_bits=4, quantize_op_types=["matmul_v2"], deploy_backend="none")
+    with legacy_ir():
+        model = model_io.load_model(digits_files)
+        train = insert_fake_quant(model.program, model.scope, paddle.CPUPlace(), qc)
+        converted = convert_for_inference(train.clone(for_test=True), model.scope, paddle.CPUPlace(), qc)
+        for program in (train, converted):
+            ops = program.global_block().ops
+            grids = {(op.attr("bit_length"), op.attr("qmin"), op.attr("qmax")) for op in ops
+                     if op.type in ("quantize_linear", "dequantize_linear")}
+            assert (4, -8, 7) in grids and grids <= {(4, -8, 7), (8, -128, 127)}
+        ops = converted.global_block().ops
+        assert all(op.attr("skip_quant") == 1 for op in ops if op.type == "conv2d")
+        assert not any(op.has_attr("skip_quant") and op.attr("skip_quant") for op in ops if op.type == "matmul_v2")

@@ -71,7 +71,7 @@ def relative_noise(hists: np.ndarray, widths: np.ndarray, thresholds: np.ndarray
 def weight_noise(template, bias_correct: bool) -> dict[str, float]:
     """Relative quantization noise of each int8 weight of a QuantTemplate."""
     ints = template.int_weights(bias_correct)
-    qmax = 2 ** (template.bits - 1) - 1
+    qmax = 2 ** (template.weight_bits - 1) - 1
     out = {}
     for name, (w, axis) in template.weights.items():
         scales = np.asarray(template.scales[name], np.float64)

@@ -72,7 +72,7 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
                                   max_samples=space.max_samples, progress=progress)
         calib_seconds = time.perf_counter() - t0
         _check_stats(stats, targets)
-        runner = TrialRunner(model, stats, targets, qcfg.activation_bits, place)
+        runner = TrialRunner(model, stats, targets, qcfg.activation_bits, place, weight_bits=qcfg.weight_bits)
         state = _SearchState(save_dir, model, baseline, hcfg)
         state.halving = halving
         if halving_note:

@@ -10,6 +10,9 @@ QuantizationConfig mapping: `quantize_op_types` -> weight ops go to Quantization
 activation-only ops (elementwise_add, pool2d, ...) to AddQuantDequantPassV2 (quant_aware splits
 them); `is_full_quantize` -> every type Paddle can quantize; `weight_bits`, `activation_bits`;
 `not_quant_pattern` -> the passes' skip_pattern (ops whose name scope contains it stay fp32).
+As in PTQ (quant/apply.py): every quantize/dequantize op gets qmin/qmax from its bit_length (Paddle 3's
+kernels ignore bit_length), and ops of a weight-quantizable type that quantize_op_types leaves out get
+skip_quant = 1 in the converted model, so oneDNN does not run them in int8 either.
 """
 from __future__ import annotations
 
@@ -45,9 +48,12 @@ def insert_fake_quant(program, scope, place, qc):
     the caller promotes them back to Parameters (trainable.promote_parameters)."""
     from paddle.static.quantization import quant_aware
 
+    from .apply import set_int_range
+
     with _quiet_paddle_quant():
         quantized = quant_aware(program, place, paddle_quant_config(qc), scope=scope, for_test=False,
                                 return_program=True)
+    set_int_range(quantized)
     n = count_quant_ops(quantized)
     if n == 0:
         log.warning("QAT: no op of the types %s was quantized (not_quant_pattern %s); the model trains in fp32",
@@ -64,14 +70,16 @@ def convert_for_inference(eval_program, scope, place, qc):
     weights stored quantized with their scales, activation scales as quantize_linear attrs."""
     from paddle.static.quantization import convert
 
-    from .apply import _int_skip_quant
+    from .apply import _int_skip_quant, set_int_range
+    from .targets import held_op_types, quant_op_tables
 
     with _quiet_paddle_quant():
         program = convert(eval_program, place, paddle_quant_config(qc), scope=scope)
     # not_quant_pattern ops must carry the INTEGER skip_quant == 1, the only form oneDNN's placement pass
     # honours (a bool is ignored and the op would still run int8 from its neighbours' observer scales).
     # convert() writes an int in Paddle 2.6/3.x; rewriting keeps that true whatever the version does.
-    _int_skip_quant(program)
+    _int_skip_quant(program, held=held_op_types(quant_op_tables(qc)[0]))
+    set_int_range(program)
     return program
 
 

@@ -68,14 +68,16 @@ class Trial:
 class TrialRunner:
     """Builds trial models from one loaded model and one set of statistics (templates cached)."""
 
-    def __init__(self, model, stats: CalibrationStats, targets, bits: int, place=None):
+    def __init__(self, model, stats: CalibrationStats, targets, bits: int, place=None, weight_bits: int | None = None):
+        """bits: activation bits (thresholds); weight_bits: the weights' (default: bits)."""
         self.model, self.stats, self.targets, self.bits, self.place = model, stats, targets, bits, place
+        self.weight_bits = bits if weight_bits is None else weight_bits
         self._templates: dict[str, QuantTemplate] = {}
 
     def template(self, weight_quantize_type: str) -> QuantTemplate:
         if weight_quantize_type not in self._templates:
             self._templates[weight_quantize_type] = QuantTemplate(
-                self.model, self.targets, self.bits, weight_quantize_type, self.place)
+                self.model, self.targets, self.bits, weight_quantize_type, self.place, weight_bits=self.weight_bits)
         return self._templates[weight_quantize_type]
 
     def thresholds(self, config: TrialConfig) -> dict[str, float]:
@@ -86,7 +88,7 @@ class TrialRunner:
         (not cached: each FP32 fallback step has its own program)."""
         if fp32_layers:
             template = QuantTemplate(self.model, self.targets, self.bits, config.weight_quantize_type,
-                                     self.place, fp32_layers=fp32_layers)
+                                     self.place, fp32_layers=fp32_layers, weight_bits=self.weight_bits)
         else:
             template = self.template(config.weight_quantize_type)
         return template.instantiate(self.thresholds(config), bool(config.bias_correct))

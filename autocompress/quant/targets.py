@@ -3,12 +3,17 @@
 Mirrors `PostTrainingQuantization._collect_target_varnames` (the quant_config tables, is_full_quantize)
 and adds what paddle's PTQ leaves out: ops whose `op_namescope` contains a `not_quant_pattern` are not
 quantized, so their inputs need no statistics.
+
+`quantize_op_types` is held on the deployment backend too: an op of a weight-quantizable type the
+config leaves out (conv2d when only matmul_v2 is listed) would still run in int8 under oneDNN, which
+quantizes any conv / matmul whose input carries a neighbour's observer scale and derives the weight
+scales itself. Such ops are `held_fp32_layers`: the template keeps them FP32 like the FP32 fallback's
+layers (skip_quant = 1, no observer scales around them).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from ..errors import ConfigError
 
 _FLOAT_DTYPES = ("float32", "float64", "float16")
 
@@ -21,17 +26,13 @@ class QuantTargets:
     skip_patterns: list[str]         # not_quant_pattern
     activations: list[str]           # float tensors that need a threshold, in program order
     weights: dict[str, str]          # weight name -> consuming op type ('matmul_v2_trans_y' style)
+    held_op_types: tuple = ()        # weight-quantizable types the config leaves out: kept FP32 when deployed
 
 
 def quant_op_tables(quant_config):
     """Paddle's op-type tables for a QuantizationConfig: (weight ops, act ops, observer ops)."""
     from paddle.static.quantization.quant_config import SUPPORT_QUANTIZATION_OP_DICT, BaseQuantizer
 
-    if quant_config.weight_bits != quant_config.activation_bits:
-        raise ConfigError(
-            f"QuantizationConfig.weight_bits={quant_config.weight_bits} and activation_bits="
-            f"{quant_config.activation_bits} differ; Paddle's int8 export needs them equal. Set both to the "
-            "same value (usually 8).")
     op_types = (list(SUPPORT_QUANTIZATION_OP_DICT) if quant_config.is_full_quantize
                 else list(quant_config.quantize_op_types))
     quantizer = BaseQuantizer(quantizable_op_type=op_types, quant_bits=quant_config.weight_bits)
@@ -49,6 +50,19 @@ def is_skipped(op, patterns) -> bool:
 
 def _dtype_name(var) -> str:
     return str(var.dtype).replace("paddle.", "").replace("VarType.", "").lower()
+
+
+def held_op_types(weight_ops) -> tuple:
+    """Paddle's weight-quantizable op types that are not in `weight_ops` (the config's choice)."""
+    from paddle.static.quantization.quant_config import SUPPORT_WEIGHT_QUANTIZATION_OP_DICT
+
+    return tuple(t for t in SUPPORT_WEIGHT_QUANTIZATION_OP_DICT if t not in weight_ops)
+
+
+def held_fp32_layers(program, targets: QuantTargets) -> list[str]:
+    """Layer keys of the ops of `targets.held_op_types`: FP32 on every backend (module docstring)."""
+    held = set(targets.held_op_types)
+    return [layer_key(op) for block in program.blocks for op in block.ops if op.type in held]
 
 
 def find_targets(program, quant_config) -> QuantTargets:
@@ -84,7 +98,8 @@ def find_targets(program, quant_config) -> QuantTargets:
                 # outputs of quantized and observer ops get an output scale for the int8 kernels
                 for name in utils._get_op_output_var_names(op):
                     add_act(block, name)
-    return QuantTargets(weight_ops, act_ops, observer_ops, patterns, list(activations), weights)
+    return QuantTargets(weight_ops, act_ops, observer_ops, patterns, list(activations), weights,
+                        held_op_types(weight_ops))
 
 
 def layer_key(op) -> str:
@@ -117,13 +132,14 @@ class Layer:
 def int8_layers(program, targets: QuantTargets) -> list[Layer]:
     """The ops that run in int8 on the deployment backend, in program order: those the template
     quantizes (weight/activation op types, not skipped) and the oneDNN int8 op types whose inputs
-    carry a scale. These are the candidates the FP32 fallback may keep in FP32."""
+    carry a scale. These are the candidates the FP32 fallback may keep in FP32. Ops of the held types
+    (quantize_op_types leaves them out) are FP32 already and no candidates."""
     from paddle.static.quantization import utils
 
-    acts, layers = set(targets.activations), []
+    acts, layers, held = set(targets.activations), [], set(targets.held_op_types)
     for block in program.blocks:
         for op in block.ops:
-            if is_skipped(op, targets.skip_patterns):
+            if op.type in held or is_skipped(op, targets.skip_patterns):
                 continue
             quantized = op.type in targets.weight_op_types or op.type in targets.act_op_types
             ins = utils._get_op_input_var_names(op)
