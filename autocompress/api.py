@@ -16,16 +16,17 @@ class AutoCompression:
     Beyond the spec (keyword-only): `metric` ('top1' | 'top5' | 'fidelity' | 'pkg.mod:func', used when
     `eval_callback` is a data loader), `max_drop` / `drop_type` (the accuracy budget against the
     original model measured in the same run), `calib_dataloader` (defaults to `train_dataloader`),
-    `latency_threads` (CPU threads for the latency comparison), `progress` (progress bars).
+    `latency_threads` (CPU threads for the latency comparison), `deploy` (the run YAML's Deploy section:
+    `runtimes` to measure latency on, deployment `batch_size`, `allow_slower`), `progress` (progress bars).
     """
 
     def __init__(self, model_dir, model_filename, params_filename, save_dir, strategy_config,
                  train_config, train_dataloader, eval_callback, devices=DEFAULT_DEVICE, *,
                  metric: str = "top1", max_drop: float = 0.01, drop_type: str = "absolute",
-                 calib_dataloader=None, latency_threads: int = 1, progress: bool = True):
+                 calib_dataloader=None, latency_threads: int = 1, deploy=None, progress: bool = True):
         # validate everything before any work (DESIGN §5)
         self.job = Job.create(strategy_config, train_config, metric=metric, max_drop=max_drop, drop_type=drop_type,
-                              device=devices, latency_threads=latency_threads)
+                              device=devices, latency_threads=latency_threads, deploy=deploy)
         if save_dir is None:
             raise ConfigError("save_dir is required: the folder for the compressed model and report")
         if train_dataloader is None:

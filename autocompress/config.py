@@ -413,6 +413,40 @@ class EvalSection(_Config):
         return v
 
 
+RUNTIMES = ("onednn", "paddle-cpu", "openvino", "gpu", "tensorrt")
+
+
+class DeploySection(_Config):
+    """Extension: where and how the compressed model is deployed, for the latency the summary reports.
+
+    runtimes: every runtime the model will run on (latency measured on each, warm, interleaved with
+    the original): 'onednn' (Paddle Inference CPU with oneDNN; int8 switch on for int8 models),
+    'paddle-cpu' (a stock paddle.inference.Config), 'openvino' (OpenVINO reading the Paddle model;
+    `pip install 'autocompress[openvino]'`), 'gpu', 'tensorrt'. Default: the job's own target.
+    batch_size: the deployment batch (default: the first eval batch's size); batch 1 is measured too.
+    allow_slower: a compressed model slower than the original on a named runtime at the deployment
+    batch misses the target unless this is true (it is always a warning).
+    """
+
+    runtimes: Optional[list[Literal[RUNTIMES]]] = None
+    batch_size: Optional[int] = None
+    allow_slower: bool = False
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v):
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes(cls, v):
+        if v is not None and not v:
+            raise ValueError("an empty list measures nothing; omit it for the job's own target")
+        return v
+
+
 class ModelSection(_Config):
     model_dir: str
     model_filename: Optional[str] = None
@@ -432,6 +466,7 @@ class RunConfig(_Config):
     Model: ModelSection
     Data: DataSection
     Eval: EvalSection = Field(default_factory=EvalSection)
+    Deploy: DeploySection = Field(default_factory=DeploySection)
     Device: str = "cpu"
     SaveDir: str = "./output"
     strategy: dict[str, Any] = Field(default_factory=dict)
@@ -439,7 +474,7 @@ class RunConfig(_Config):
     train: Optional[TrainConfig] = None
 
 
-RUN_SECTIONS = ("Model", "Data", "Eval", "Device", "SaveDir", "TrainConfig")
+RUN_SECTIONS = ("Model", "Data", "Eval", "Deploy", "Device", "SaveDir", "TrainConfig")
 
 
 def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
@@ -469,8 +504,8 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
     train = strategies.resolve_train_config(chosen, data.get("TrainConfig"), "TrainConfig")
     combination = chosen.name
     sections = {}
-    for key, cls in (("Model", ModelSection), ("Data", DataSection), ("Eval", EvalSection)):
-        if key == "Eval" and key not in data:
+    for key, cls in (("Model", ModelSection), ("Data", DataSection), ("Eval", EvalSection), ("Deploy", DeploySection)):
+        if key in ("Eval", "Deploy") and key not in data:
             continue
         if key not in data:
             raise ConfigError(f"missing section {key}")

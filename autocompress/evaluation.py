@@ -275,12 +275,37 @@ class Evaluation:
     baseline: float
     sample_feed: dict
     target: object  # backend.DeployTarget
+    source: FeedSource | None = None  # where deployment-batch feeds come from
+
+    def feed_of(self, batch: int) -> dict:
+        """A feed of `batch` samples from the data (repeated when it has fewer), for latency."""
+        if batch == 1 or self.source is None:
+            return {k: np.repeat(v, batch, axis=0) for k, v in self.sample_feed.items()}
+        parts: dict[str, list] = {}
+        count = 0
+        for b in self.source.batches():
+            for k, v in b.feed.items():
+                parts.setdefault(k, []).append(v)
+            count += len(next(iter(b.feed.values())))
+            if count >= batch:
+                break
+        joined = {k: np.concatenate(v) for k, v in parts.items()}
+        reps = -(-batch // count)
+        return {k: np.concatenate([v] * reps)[:batch] for k, v in joined.items()}
+
+    @property
+    def data_batch(self) -> int:
+        """The batch size the data arrives in (the default deployment batch)."""
+        source = self.source
+        if source is None:
+            return 1
+        return int(next(iter(source.first().feed.values())).shape[0])
 
     @property
     def metric_name(self) -> str:
         return self.evaluator.metric_name
 
-    def score(self, files, int8: bool) -> tuple[float, str]:
+    def score(self, files, int8: bool, target=None) -> tuple[float, str]:
         """The model's metric and the backend it was measured on. A PaddleSlim-style callback
         `(exe, program, feed_names, fetch_targets)` needs a static program, so it runs the saved
         program with the executor (for int8 models: simulated int8), and the summary says so."""
@@ -294,8 +319,9 @@ class Evaluation:
                            + ("; int8 simulated" if int8 else "") + ")")
         from .backend import inference_predictor
 
-        value = self.evaluator(inference_predictor(files, int8=int8, target=self.target))
-        return value, self.target.describe(int8, 1, _batch_of(self.evaluator))
+        target = target or self.target
+        value = self.evaluator(inference_predictor(files, int8=int8, target=target))
+        return value, target.describe(int8, 1, _batch_of(self.evaluator))
 
 
 def _batch_of(evaluator: Evaluator) -> int | str:
@@ -321,6 +347,6 @@ def build_evaluation(original, eval_callback, metric: str, feed_names: list[str]
         raise ConfigError("an eval_callback function gives no sample batch for the latency comparison: pass "
                           "calibration or training data too")
     sample = {k: v[:1] for k, v in source.first().feed.items()}
-    partial = Evaluation(evaluator, math.nan, sample, target)
+    partial = Evaluation(evaluator, math.nan, sample, target, source)
     baseline, _ = partial.score(original, int8=False)
     return dataclasses.replace(partial, baseline=baseline)

@@ -17,7 +17,7 @@ from . import strategies
 from .errors import ConfigError
 from .strategies import Strategy
 
-PIPELINE_CONFIG_KEYS = tuple(cfg.STRATEGY_CLASSES) + ("TrainConfig",)
+PIPELINE_CONFIG_KEYS = tuple(cfg.STRATEGY_CLASSES) + ("TrainConfig", "Deploy")
 
 
 @dataclasses.dataclass
@@ -29,10 +29,12 @@ class Job:
     device: Any = "cpu"                 # the spec's `devices` (kept as given: the default 'gpu' may fall back)
     batch_size: int = 32                # loader batch size for Dataset folders
     latency_threads: int = 1
+    deploy: cfg.DeploySection = dataclasses.field(default_factory=cfg.DeploySection)
 
     @classmethod
     def create(cls, strategy_config, train_config=None, *, metric: str = "top1", max_drop: float = 0.01,
-               drop_type: str = "absolute", device="cpu", batch_size: int = 32, latency_threads: int = 1) -> Job:
+               drop_type: str = "absolute", device="cpu", batch_size: int = 32, latency_threads: int = 1,
+               deploy=None) -> Job:
         strategy, configs = strategies.resolve(strategy_config)
         train = strategies.resolve_train_config(strategy, train_config)
         settings = cfg.build(cfg.EvalSection, {"metric": metric, "max_drop": max_drop, "drop_type": drop_type}, "Eval")
@@ -40,12 +42,14 @@ class Job:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         _check_deploy(configs, device)
-        return cls(strategy, configs, train, settings, device, batch_size, latency_threads)
+        return cls(strategy, configs, train, settings, device, batch_size, latency_threads,
+                   cfg.build(cfg.DeploySection, deploy, "Deploy"))
 
     @classmethod
     def from_run_config(cls, rc: cfg.RunConfig) -> Job:
         return cls.create(rc.strategy, rc.train, metric=rc.Eval.metric, max_drop=rc.Eval.max_drop,
-                          drop_type=rc.Eval.drop_type, device=rc.Device, batch_size=rc.Data.batch_size)
+                          drop_type=rc.Eval.drop_type, device=rc.Device, batch_size=rc.Data.batch_size,
+                          deploy=rc.Deploy)
 
     @classmethod
     def from_pipeline(cls, text, *, metric: str = "top1", max_drop: float = 0.01, drop_type: str = "absolute",
@@ -58,9 +62,9 @@ class Job:
         if unknown:
             raise ConfigError(f"the pipeline's config has unknown keys {unknown}; allowed: {list(PIPELINE_CONFIG_KEYS)} "
                               "(model, data, metric, budget and device are separate pipeline parameters)")
-        strategy_config = {k: v for k, v in data.items() if k != "TrainConfig"}
+        strategy_config = {k: v for k, v in data.items() if k not in ("TrainConfig", "Deploy")}
         job = cls.create(strategy_config, data.get("TrainConfig"), metric=metric, max_drop=max_drop,
-                         drop_type=drop_type, device=device, batch_size=batch_size)
+                         drop_type=drop_type, device=device, batch_size=batch_size, deploy=data.get("Deploy"))
         if expect and job.strategy.name != expect:
             raise ConfigError(f"the config describes the {job.strategy.name} strategy but this is the {expect} "
                               f"pipeline; run the {job.strategy.name} pipeline instead, or change the config")
@@ -71,6 +75,8 @@ class Job:
         out = {name: c.model_dump(mode="json", exclude_unset=True) for name, c in self.configs.items()}
         if self.train is not None:
             out["TrainConfig"] = self.train.model_dump(mode="json", exclude_unset=True)
+        if self.deploy.model_fields_set:
+            out["Deploy"] = self.deploy.model_dump(mode="json", exclude_unset=True)
         return json.dumps(out, sort_keys=True)
 
     def target_metric(self, baseline: float) -> float:

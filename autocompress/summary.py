@@ -105,6 +105,13 @@ def render_report(s: dict) -> str:
         parts += ["", "## Deployment", "", s["deploy_note"]]
     for warning in s.get("warnings", []):
         parts += ["", f"**Warning:** {warning}"]
+    latency = s.get("latency") or []
+    if latency:
+        parts += ["", "## Latency where it runs", "",
+                  "Milliseconds per call, warm, interleaved with the original, same threads.", "",
+                  "| runtime | batch | original | compressed | speedup | metric there |", "|---|---|---|---|---|---|"]
+        parts += [f"| {r['backend']} | {r['batch']} | {_fmt(r['ms_before'], 'ms')} | {_fmt(r['ms_after'], 'ms')} | "
+                  f"{_fmt(r.get('speedup'), 'metric')}x | {_fmt(r.get('metric'), 'metric')} |" for r in latency]
     stages = s.get("stages") or []
     if stages:
         parts += ["", "## Stages", "", "| stage | seconds | peak RSS |", "|---|---|---|"]

@@ -140,3 +140,34 @@ def test_every_strategy_declares_a_pipeline_config_that_validates():
 
     for strategy in strategies.REGISTRY.values():
         assert Job.from_pipeline(json.dumps(strategy.pipeline_config)).strategy is strategy
+
+
+def test_latency_on_every_named_runtime_at_batch_1_and_the_deployment_batch(tmp_path, digits_files, digits_data):
+    """Issue 14: the summary gives latency where users run the model, not only oneDNN at batch 1; on
+    another runtime it also measures the compressed model's metric there."""
+    pytest.importorskip("openvino", reason="the openvino runtime is an optional extra")
+    s = _ptq(tmp_path, digits_files, digits_data,
+             deploy={"runtimes": ["onednn", "paddle-cpu", "openvino"], "batch_size": 8, "allow_slower": True})
+    rows = {(r["runtime"], r["batch"]): r for r in s["latency"]}
+    assert set(rows) == {(r, b) for r in ("onednn", "paddle-cpu", "openvino") for b in (1, 8)}
+    assert all(r["ms_before"] > 0 and r["ms_after"] > 0 for r in rows.values())
+    assert 0.5 < rows[("openvino", 8)]["metric"] <= 1.0 and "metric" not in rows[("onednn", 8)]
+    assert s["deploy_batch_size"] == 8
+    assert (s["latency_ms_before"], s["latency_ms_after"]) == (rows[("onednn", 1)]["ms_before"],
+                                                              rows[("onednn", 1)]["ms_after"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Latency where it runs" in report and "OpenVINO" in report and "stock Config" in report
+
+
+def test_a_slower_model_misses_the_target_unless_allowed(tmp_path, digits_files, digits_data, monkeypatch):
+    from autocompress import measure
+
+    def slower_after(models, feed, threads=1, target=None, **kw):
+        return [1.0, 2.0]  # the compressed model takes twice as long on every runtime
+
+    monkeypatch.setattr(measure, "compare_latency", slower_after)
+    strict = _ptq(tmp_path / "a", digits_files, digits_data)
+    assert strict["metric_drop"] <= 0.5 and strict["target_met"] is False
+    assert any("slower than the original at the deployment batch" in w for w in strict["warnings"])
+    allowed = _ptq(tmp_path / "b", digits_files, digits_data, deploy={"allow_slower": True})
+    assert allowed["target_met"] is True and any("slower" in w for w in allowed["warnings"])

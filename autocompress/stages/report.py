@@ -18,7 +18,7 @@ def evaluate(original, compressed: ModelArtifact, evaluation, job, device: str, 
 
     with StageTimer("evaluate") as t:
         compared = compare_models(original, compressed.files, compressed.meta, evaluation, job.eval,
-                                  job.latency_threads)
+                                  job.latency_threads, job.deploy)
     records = list(records if records is not None else compressed.stages) + [t.record]
     return assemble_summary(job, compressed, compared, device, records, seconds)
 
