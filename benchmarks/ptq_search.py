@@ -94,7 +94,8 @@ def side_paddle(name: str, work: Path, configs: list[dict]) -> dict:
 
     from autocompress.config import QuantizationConfig
     from autocompress.paddle_env import legacy_ir
-    from autocompress.quant.predict import executor_predictor, inference_predictor
+    from autocompress.backend import inference_predictor
+    from autocompress.evaluation import executor_predictor
     from autocompress.model_io import load_model, locate_model
 
     files, calib_x, evaluate = load_case(name, work)

@@ -40,9 +40,9 @@ def test_char_accuracy_counts_edits():
 
 
 def test_real_pp_ocrv4_rec_reads_rendered_lines():
+    from autocompress.backend import inference_predictor
     from autocompress.model_io import locate_model
     from autocompress.ocr import ocr_evaluator
-    from autocompress.quant.predict import inference_predictor
 
     d = load_dictionary()
     images, texts = render_lines(8, d, seed=5)

@@ -1,12 +1,15 @@
 """Calibration once, thresholds -> int8 model without recalibration, deployable with oneDNN int8."""
+import dataclasses
+
 import numpy as np
 import pytest
 
+from autocompress.backend import inference_predictor
 from autocompress.config import QuantizationConfig
+from autocompress.evaluation import executor_predictor
 from autocompress.paddle_env import legacy_ir
 from autocompress.quant.apply import QuantTemplate, save_quantized
 from autocompress.quant.calibration import CalibrationStats, collect_stats
-from autocompress.quant.predict import executor_predictor, inference_predictor
 from autocompress.quant.targets import find_targets
 from autocompress.quant.thresholds import compute_thresholds
 from autocompress.quant.weights import quantize_weight, weight_scales
@@ -61,7 +64,7 @@ def test_quantized_model_is_int8_accurate_and_runs_with_onednn_int8(digits, tmp_
         template = QuantTemplate(model, targets)
         q = template.instantiate(thresholds)
         assert np.array(q.scope.find_var("x@scale").get_tensor())[0] == pytest.approx(thresholds["x"])
-        simulated = evaluate(executor_predictor(model, program=q.program, scope=q.scope))
+        simulated = evaluate(executor_predictor(dataclasses.replace(model, scope=q.scope), program=q.program))
         out = save_quantized(q, model, tmp_path / "int8")
         loaded = load_model(out)
         ops = [op.type for op in loaded.program.global_block().ops]

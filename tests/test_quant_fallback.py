@@ -147,7 +147,10 @@ def test_every_layer_in_fp32_deploys_like_the_fp32_model(digits_files, digits_da
     from autocompress.model_io import load_model
     from autocompress.quant.apply import QuantTemplate, save_quantized
     from autocompress.quant.calibration import collect_stats
-    from autocompress.quant.predict import executor_predictor, inference_predictor
+    import dataclasses
+
+    from autocompress.backend import inference_predictor
+    from autocompress.evaluation import executor_predictor
     from autocompress.quant.targets import find_targets, int8_layers
     from autocompress.quant.thresholds import compute_thresholds
 
@@ -163,7 +166,7 @@ def test_every_layer_in_fp32_deploys_like_the_fp32_model(digits_files, digits_da
         only_quantized = save_quantized(QuantTemplate(model, targets, fp32_layers=quantized).instantiate(thresholds),
                                         model, tmp_path / "quantized-fp32")
         q_all = QuantTemplate(model, targets, fp32_layers=[layer.key for layer in layers]).instantiate(thresholds)
-        simulated = evaluate(executor_predictor(model, program=q_all.program, scope=q_all.scope))
+        simulated = evaluate(executor_predictor(dataclasses.replace(model, scope=q_all.scope), program=q_all.program))
         every = save_quantized(q_all, model, tmp_path / "all-fp32")
     assert [layer.op_type for layer in layers].count("pool2d") == 2 and len(quantized) == 4
     assert simulated == pytest.approx(0.992)

@@ -1,7 +1,8 @@
 """Shared helpers for the quant tests: a small CNN trained on scikit-learn's real digits in seconds.
 
-Uses `autocompress.demo.digits` when present (the coordinator's demo model); otherwise trains the
-same kind of model here. Imported by the other test_quant_* modules.
+The session's demo model (conftest `digits_files`, `autocompress.demo.digits`) serves most tests;
+`train_digits_cnn` builds the same kind of model where a test needs its own (e.g. with a name scope).
+Imported by the other test_quant_* modules.
 """
 from __future__ import annotations
 
@@ -56,14 +57,6 @@ def train_digits_cnn(out_dir, seed=0, steps=300, second_conv_scope=None):
     return locate_model(out_dir)
 
 
-def digits_model(tmp_dir):
-    try:
-        from autocompress.demo.digits import digits_model as shared
-    except ImportError:
-        return train_digits_cnn(tmp_dir)
-    return shared(cache_dir=tmp_dir)
-
-
 def top1_evaluator(x, y, batch=64):
     """evaluate(predict, limit=None) -> top-1 accuracy on (x, y)."""
     def evaluate(predict, limit=None):
@@ -84,7 +77,7 @@ def calib_batches(x, batch=10):
 def test_digits_model_learns(tmp_path):
     from autocompress.model_io import load_model
     from autocompress.paddle_env import legacy_ir
-    from autocompress.quant.predict import executor_predictor
+    from autocompress.evaluation import executor_predictor
 
     files = train_digits_cnn(tmp_path)
     x, y = digits_data()["eval"]

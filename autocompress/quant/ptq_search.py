@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 from ..atomic import write_json_atomic
+from ..backend import inference_predictor
 from ..config import HyperParameterOptimizationConfig, QuantizationConfig, build
 from ..errors import AutoCompressError, ConfigError
+from ..evaluation import ModelContext, executor_predictor
 from .calibration import CalibrationStats, collect_stats
 from .search import Trial, TrialRunner, call_evaluator, effective_key
 from .space import SearchSpace, make_sampler
@@ -57,13 +59,11 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     with legacy_ir():
         model = load_model(model_files, place)
         targets = find_targets(model.program, qcfg)
-        from .predict import executor_predictor
-
         fp32_predict = executor_predictor(model)
         counter = None
         if hcfg.subset_eval is not None and _supports_limit(evaluator) and _known_batches(evaluator) is None:
             counter = _CountingPredict(fp32_predict)  # a limit-taking function: its batch count = predict calls
-        baseline = call_evaluator(evaluator, counter or fp32_predict, context=_fp32_context(model))
+        baseline = call_evaluator(evaluator, counter or fp32_predict, context=ModelContext.from_model(model))
         halving, halving_note = _halving(hcfg.subset_eval, evaluator, counter)
         space = SearchSpace.from_config(hcfg)
         t0 = time.perf_counter()
@@ -95,14 +95,6 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     result.update(seconds=time.perf_counter() - started, calibration_seconds=calib_seconds,
                   calibration_samples=stats.total_samples, deployed_eval=bool(deploy_eval))
     return result
-
-
-def _fp32_context(model):
-    try:
-        from ..evaluation import ModelContext
-    except ImportError:
-        return None
-    return ModelContext.from_model(model)
 
 
 def _supports_limit(evaluator) -> bool:
@@ -285,8 +277,6 @@ def _run_trial(runner: TrialRunner, index: int, config, evaluator, halving: _Hal
 
 def _finalists(runner: TrialRunner, state: _SearchState, evaluator, count: int, threads: int) -> None:
     """Re-evaluate the best `count` trials with the deployment backend; select by the deployed metric."""
-    from .predict import inference_predictor
-
     state.baseline_deployed = call_evaluator(evaluator, inference_predictor(state.model.files, int8=False,
                                                                             threads=threads))
     ranked = sorted((t for t in state.trials if t.status == "ok"), key=lambda t: -t.metric)[:count]
@@ -307,7 +297,6 @@ def _fallback(runner: TrialRunner, state: _SearchState, evaluator, setting, targ
               progress: bool) -> None:
     """Keep sensitive layers of the selected finalist in FP32 when its deployed metric misses the target."""
     from .fallback import WORK_SUBDIR, fallback_plan, run_fallback, summary_line
-    from .predict import inference_predictor
     from .targets import int8_layers
 
     trial = state.selected

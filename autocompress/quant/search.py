@@ -5,7 +5,7 @@ import dataclasses
 import inspect
 import time
 
-from ..evaluation import finite_metric
+from ..evaluation import ModelContext, executor_predictor, finite_metric
 from .apply import QuantTemplate
 from .calibration import CalibrationStats
 from .space import TrialConfig
@@ -93,15 +93,13 @@ class TrialRunner:
             template = self.template(config.weight_quantize_type)
         return template.instantiate(self.thresholds(config), bool(config.bias_correct))
 
+    def _shadow(self, qmodel):
+        """The loaded FP32 model (executor, feeds, fetches) with the trial's scope."""
+        return dataclasses.replace(self.model, scope=qmodel.scope)
+
     def context(self, qmodel):
         """What a PaddleSlim-style `(exe, program, feed_names, fetch_targets)` callback runs: this trial."""
-        try:
-            from ..evaluation import ModelContext
-        except ImportError:
-            return None
-        block = qmodel.program.global_block()
-        return ModelContext(self.model.executor, qmodel.program, list(qmodel.feed_names),
-                            [block.var(n) for n in qmodel.fetch_names], qmodel.scope)
+        return ModelContext.from_model(self._shadow(qmodel), program=qmodel.program)
 
     def samples(self, config: TrialConfig) -> int:
         k = self.stats.chunks_for(config.samples)
@@ -114,7 +112,5 @@ class TrialRunner:
         return Trial(index, config, self.samples(config), metric, seconds=time.perf_counter() - start), qmodel
 
     def evaluate(self, qmodel, evaluator, limit=None) -> float:
-        from .predict import executor_predictor
-
-        predict = executor_predictor(self.model, program=qmodel.program, scope=qmodel.scope)
+        predict = executor_predictor(self._shadow(qmodel), program=qmodel.program)
         return call_evaluator(evaluator, predict, limit, context=self.context(qmodel))
