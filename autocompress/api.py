@@ -16,6 +16,8 @@ class AutoCompression:
     Beyond the spec (keyword-only): `metric` ('top1' | 'top5' | 'fidelity' | 'pkg.mod:func', used when
     `eval_callback` is a data loader), `max_drop` / `drop_type` (the accuracy budget against the
     original model measured in the same run), `calib_dataloader` (defaults to `train_dataloader`),
+    `test_dataloader` (held-out labelled data: the reported metric and budget are measured on it, never
+    seen by the selection; without it they are measured on `eval_callback`, and the summary says so),
     `latency_threads` (CPU threads for the latency comparison), `deploy` (the run YAML's Deploy section:
     `runtimes` to measure latency on, deployment `batch_size`, `allow_slower`), `progress` (progress bars).
     """
@@ -23,7 +25,8 @@ class AutoCompression:
     def __init__(self, model_dir, model_filename, params_filename, save_dir, strategy_config,
                  train_config, train_dataloader, eval_callback, devices=DEFAULT_DEVICE, *,
                  metric: str = "top1", max_drop: float = 0.01, drop_type: str = "absolute",
-                 calib_dataloader=None, latency_threads: int = 1, deploy=None, progress: bool = True):
+                 calib_dataloader=None, test_dataloader=None, latency_threads: int = 1, deploy=None,
+                 progress: bool = True):
         # validate everything before any work (DESIGN §5)
         self.job = Job.create(strategy_config, train_config, metric=metric, max_drop=max_drop, drop_type=drop_type,
                               device=devices, latency_threads=latency_threads, deploy=deploy)
@@ -45,6 +48,7 @@ class AutoCompression:
         self.save_dir = check_save_dir(Path(save_dir), self.model_files.model_dir)
         self.train_dataloader = train_dataloader
         self.calib_dataloader = calib_dataloader
+        self.test_dataloader = test_dataloader
         self.eval_callback = eval_callback
         self.progress = progress
 
@@ -57,4 +61,4 @@ class AutoCompression:
         from .stages.run import run_job
 
         return run_job(self.job, self.model_files, self.train_dataloader, self.eval_callback, self.save_dir,
-                       calib_data=self.calib_dataloader, progress=self.progress)
+                       calib_data=self.calib_dataloader, test_data=self.test_dataloader, progress=self.progress)

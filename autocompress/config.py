@@ -457,6 +457,7 @@ class DataSection(_Config):
     train: Optional[str] = None
     eval: Optional[str] = None
     calib: Optional[str] = None
+    test: Optional[str] = None  # extension: held-out data for the reported metric (selection never sees it)
     batch_size: int = 32  # extension: loader batch size for training and evaluation
 
 
@@ -512,7 +513,7 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
         sections[key] = build(cls, data[key], key)
     if base_dir is not None:
         sections["Model"].model_dir = _resolve(sections["Model"].model_dir, base_dir)
-        for field in ("train", "eval", "calib"):
+        for field in ("train", "eval", "calib", "test"):
             value = getattr(sections["Data"], field)
             if value:
                 setattr(sections["Data"], field, _resolve(value, base_dir))

@@ -61,10 +61,10 @@ def test_committed_compiled_files_are_current():
 
 
 EXPECTED_STAGES = {
-    "ptq_hpo": {"load-model", "load-data", "load-data-2", "calibrate", "ptq-trial", "select-best", "evaluate",
+    "ptq_hpo": {"load-model", "load-data", "load-data-2", "load-data-3", "calibrate", "ptq-trial", "select-best", "evaluate",
                 "export"},
-    "prune_distill": {"load-model", "load-data", "load-data-2", "prune", "distill-train", "evaluate", "export"},
-    "distill": {"load-model", "load-data", "load-data-2", "distill-train", "evaluate", "export"},
+    "prune_distill": {"load-model", "load-data", "load-data-2", "load-data-3", "prune", "distill-train", "evaluate", "export"},
+    "distill": {"load-model", "load-data", "load-data-2", "load-data-3", "distill-train", "evaluate", "export"},
 }
 
 

@@ -87,8 +87,11 @@ def test_ptq_components_chain(loaded, tmp_path):
 
     metrics, confusion = art(dsl.Metrics, tmp_path, "m"), art(dsl.ClassificationMetrics, tmp_path, "cm")
     summary = art(dsl.Artifact, tmp_path, "summary")
-    c.evaluate.python_func(model=best, baseline=model, eval_data=evald, config=PTQ_CONFIG, metrics=metrics, confusion=confusion,
-                           summary=summary)
+    no_test = art(dsl.Dataset, tmp_path, "no-test")
+    c.load_data.python_func(data_uri="", dataset=no_test)  # the run has no test split
+    assert no_test.metadata["absent"] is True
+    c.evaluate.python_func(model=best, baseline=model, eval_data=evald, test_data=no_test, config=PTQ_CONFIG,
+                           metrics=metrics, confusion=confusion, summary=summary)
     s = json.loads((Path(summary.path) / "summary.json").read_text())
     assert s["strategy"] == "ptq_hpo" and s["precision"] == "int8"
     assert s["size_bytes_after"] < s["size_bytes_before"]

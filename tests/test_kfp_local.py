@@ -39,10 +39,11 @@ def data(digits_datasets):
     return digits_datasets
 
 
-def _config(tmp_path, combination, model_dir, data, model_uri=None, train=None, evald=None):
+def _config(tmp_path, combination, model_dir, data, model_uri=None, train=None, evald=None, test=None):
     strategy = json.loads(json.dumps(STRATEGIES[combination]).replace("TEACHER", str(model_dir)))
     cfg = {"Model": {"model_dir": model_uri or str(model_dir)},
-           "Data": {"train": train or str(data / "train"), "eval": evald or str(data / "eval"), "batch_size": 32},
+           "Data": {"train": train or str(data / "train"), "eval": evald or str(data / "eval"), "batch_size": 32,
+                    **({"test": test} if test else {})},
            "Eval": {"metric": "top1", "max_drop": 0.5}, "Device": "cpu", "SaveDir": str(tmp_path / "out"),
            **strategy}
     path = tmp_path / f"{combination}.yaml"
@@ -128,3 +129,15 @@ def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_f
         assert storage._meta(stat.metadata, "sha256") == __import__("autocompress.model_io", fromlist=["x"]).sha256_file(
             run.model_dir / "inference.pdiparams")
         assert json.loads((run.save_dir / "summary.json").read_text())["input_model"] == "s3://mlbucket/models/digits"
+
+
+def test_pipeline_reports_on_the_test_split(tmp_path, digits_files, data, digits_data):
+    from autocompress.data.dataset import write_dataset
+
+    x, y = digits_data["eval"]
+    write_dataset(tmp_path / "test", {"x": x[200:400]}, labels=y[200:400])
+    cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, test=str(tmp_path / "test"))
+    s = local_run.run_local(cfg, echo=lambda line: None).summary
+    assert s["metric_split"] == "test" and not any("selection used" in w for w in s["warnings"])
+    # the selection scored the eval split; the report the test split
+    assert s["trials"] and all(t["metric"] is not None for t in s["trials"])

@@ -171,3 +171,16 @@ def test_a_slower_model_misses_the_target_unless_allowed(tmp_path, digits_files,
     assert any("slower than the original at the deployment batch" in w for w in strict["warnings"])
     allowed = _ptq(tmp_path / "b", digits_files, digits_data, deploy={"allow_slower": True})
     assert allowed["target_met"] is True and any("slower" in w for w in allowed["warnings"])
+
+
+def test_reported_metric_comes_from_the_test_split_when_given(tmp_path, digits_files, digits_data):
+    """Select on one split, report on another: with test data the summary's metric and baseline are
+    measured on it; without, the summary says the metric is on the selection data."""
+    xt, yt = digits_data["eval"]
+    test = FeedSource.from_arrays({"x": xt[200:450]}, yt[200:450], batch_size=50)  # disjoint from the eval rows
+    held_out = _ptq(tmp_path / "a", digits_files, digits_data, test_dataloader=test)
+    on_eval = _ptq(tmp_path / "b", digits_files, digits_data)
+    assert held_out["metric_split"] == "test" and on_eval["metric_split"] == "eval"
+    assert held_out["baseline_metric"] != on_eval["baseline_metric"]  # 250 other samples
+    assert not any("selection used" in w for w in held_out["warnings"])
+    assert any("selection used" in w for w in on_eval["warnings"])

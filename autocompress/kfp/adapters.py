@@ -24,6 +24,7 @@ STATS_FILE = "stats.npz"
 STATS_INFO = "stats.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
+ABSENT_FILE = "absent.json"  # the artifact of an optional Dataset the run does not have
 
 
 # ---- shared inputs ------------------------------------------------------------------------------
@@ -108,11 +109,16 @@ def load_model(uri: str, dest, model_filename: str | None = None, params_filenam
 
 
 def load_data(uri: str, dest, batch_size: int = 32) -> dict:
-    """Fetch a Dataset folder (local, s3://, minio://, builtin://) into `dest` and check that it reads."""
+    """Fetch a Dataset folder (local, s3://, minio://, builtin://) into `dest` and check that it reads.
+    An empty `uri` is an optional split the run does not have: an empty artifact (`absent.json`)."""
     from .. import storage
     from ..data.dataset import load_dataset_yaml
     from ..locations import local_path
 
+    if not uri:
+        with atomic_dir(dest) as tmp:
+            write_json_atomic(Path(tmp) / ABSENT_FILE, {"absent": True})
+        return {"absent": True}
     with atomic_dir(dest) as tmp:
         storage.fetch(str(local_path(uri, Path(tmp), "data_uri")) if uri.startswith("builtin://") else uri, tmp)
         meta = load_dataset_yaml(tmp)
@@ -273,11 +279,11 @@ def distill_train(student_dir, teacher_dir, train_dir, eval_dir, config, dest, *
 
 
 # ---- evaluation and export ----------------------------------------------------------------------
-def evaluate(model_dir, baseline_dir, eval_dir, config, dest, *, metric: str = "top1", max_drop: float = 0.01,
-             drop_type: str = "absolute", device: str = "cpu", batch_size: int = 32) -> dict:
-    """Measure the compressed model next to the original on the deployment target and write
-    `summary.json` + `report.md` into `dest`. Returns the summary (plus `confusion_matrix` for
-    labelled top1/top5 data)."""
+def evaluate(model_dir, baseline_dir, eval_dir, config, dest, *, test_dir=None, metric: str = "top1",
+             max_drop: float = 0.01, drop_type: str = "absolute", device: str = "cpu", batch_size: int = 32) -> dict:
+    """Measure the compressed model next to the original on the deployment target — on the test
+    split `test_dir` when the run has one, else on the eval split — and write `summary.json` +
+    `report.md` into `dest`. Returns the summary (plus `confusion_matrix` for labelled top1/top5 data)."""
     from ..backend import inference_predictor
     from ..paddle_env import device_string
     from ..stages.report import confusion_matrix, evaluate as evaluate_stage
@@ -286,9 +292,11 @@ def evaluate(model_dir, baseline_dir, eval_dir, config, dest, *, metric: str = "
     job = _job(config, metric=metric, max_drop=max_drop, drop_type=drop_type, device=device, batch_size=batch_size)
     model, original = ModelArtifact.load(model_dir), ModelArtifact.load(baseline_dir)
     place = _place(job)
+    has_test = test_dir is not None and not (Path(test_dir) / ABSENT_FILE).exists()
     with StageTimer("baseline") as t:
-        evaluation = _evaluation(job, original.files, eval_dir, place)
-    summary = evaluate_stage(original.files, model, evaluation, job, device_string(place), model.stages + [t.record])
+        evaluation = _evaluation(job, original.files, test_dir if has_test else eval_dir, place)
+    summary = evaluate_stage(original.files, model, evaluation, job, device_string(place), model.stages + [t.record],
+                             split="test" if has_test else "eval")
     with atomic_dir(dest) as tmp:
         write_summary(tmp, summary)
     confusion = None

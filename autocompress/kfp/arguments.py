@@ -29,6 +29,7 @@ def pipeline_arguments(config, *, gpu: bool = False, publish_uri: str | None = N
         raise ConfigError("Data.eval is required (the data the budget is measured on)")
     args: dict[str, Any] = {
         "model_uri": rc.Model.model_dir, strategy.data_param: primary, "eval_data_uri": data.eval,
+        "test_data_uri": data.test or "",
         "config": job.pipeline_config(), "metric": rc.Eval.metric, "max_drop": rc.Eval.max_drop,
         "drop_type": rc.Eval.drop_type, "model_filename": rc.Model.model_filename or "",
         "params_filename": rc.Model.params_filename or "", "device": rc.Device, "batch_size": data.batch_size,

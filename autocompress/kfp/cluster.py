@@ -121,8 +121,8 @@ def _cluster_args(config, gpu, publish_uri, trial_shards, secret, params):
 
     name, args = pipeline_arguments(config, gpu=gpu, publish_uri=publish_uri, trial_shards=trial_shards,
                                     object_store_secret=secret, extra=params)
-    for key in ("model_uri", "calib_data_uri", "train_data_uri", "eval_data_uri"):
-        if key in args and not (storage.is_remote(args[key]) or args[key].startswith("builtin://")):
+    for key in ("model_uri", "calib_data_uri", "train_data_uri", "eval_data_uri", "test_data_uri"):
+        if args.get(key) and not (storage.is_remote(args[key]) or args[key].startswith("builtin://")):
             raise ConfigError(f"{key} is the local path {args[key]}; a cluster cannot read it. Upload it "
                               "(e.g. with `mc cp` / `aws s3 cp`) and use its s3:// or minio:// URI in the config")
     if publish_uri and not storage.is_remote(publish_uri):

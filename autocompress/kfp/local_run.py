@@ -127,7 +127,7 @@ def _materialize_builtin(rc: RunConfig) -> RunConfig:
         return location
 
     model = rc.Model.model_copy(update={"model_dir": local(rc.Model.model_dir)})
-    data = rc.Data.model_copy(update={k: local(getattr(rc.Data, k)) for k in ("train", "eval", "calib")})
+    data = rc.Data.model_copy(update={k: local(getattr(rc.Data, k)) for k in ("train", "eval", "calib", "test")})
     return rc.model_copy(update={"Model": model, "Data": data})
 
 

@@ -9,9 +9,10 @@ from .artifact import ModelArtifact
 
 
 def evaluate(original, compressed: ModelArtifact, evaluation, job, device: str, records: list[dict] | None = None,
-             seconds: float | None = None) -> dict:
-    """Measure `compressed` next to `original` and assemble the summary. `records` are the stage
-    records (wall time, peak RSS) so far (this stage's own is appended); `seconds` the run's wall
+             seconds: float | None = None, split: str = "eval") -> dict:
+    """Measure `compressed` next to `original` and assemble the summary. `evaluation` scores the
+    split named by `split` ('test': data the selection never saw; 'eval': the selection data).
+    `records` are the stage records so far (this stage's own is appended); `seconds` the run's wall
     time (default: the sum of the records)."""
     from ..measure import compare_models
     from .artifact import StageTimer
@@ -20,7 +21,12 @@ def evaluate(original, compressed: ModelArtifact, evaluation, job, device: str, 
         compared = compare_models(original, compressed.files, compressed.meta, evaluation, job.eval,
                                   job.latency_threads, job.deploy)
     records = list(records if records is not None else compressed.stages) + [t.record]
-    return assemble_summary(job, compressed, compared, device, records, seconds)
+    summary = assemble_summary(job, compressed, compared, device, records, seconds)
+    summary["metric_split"] = split
+    if split == "eval":
+        summary["warnings"].append("the reported metric is on the eval data the selection used; give a test split "
+                                   "(Data.test / test_dataloader) for a metric on data the selection never saw")
+    return summary
 
 
 def assemble_summary(job, compressed: ModelArtifact, compared: dict, device: str, records: list[dict],

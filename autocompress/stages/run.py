@@ -33,10 +33,12 @@ def check_save_dir(save_dir, model_dir) -> Path:
     return save_dir
 
 
-def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None, progress: bool = True) -> dict:
+def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None, test_data=None,
+            progress: bool = True) -> dict:
     """Run `job` on the model: `data` is the calibration (PTQ) or training data, `eval_callback` the
-    spec's eval data or function. Returns the summary (also in save_dir/summary.json); on a
-    non-zero rank of a collective job, {strategy, rank, model_dir} after training."""
+    spec's eval data or function (what the selection scores), `test_data` held-out data for the
+    reported metric. Returns the summary (also in save_dir/summary.json); on a non-zero rank of a
+    collective job, {strategy, rank, model_dir} after training."""
     from ..backend import DeployTarget
     from ..data import FeedSource
     from ..evaluation import build_evaluation
@@ -59,6 +61,9 @@ def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None,
             calib = FeedSource.for_model(calib_data, loaded) if calib_data is not None else primary
         evaluation = build_evaluation(model_files, eval_callback, job.eval.metric, loaded.feed_names, target,
                                       sample_source=calib)
+        # the reported metric: on held-out data when there is some (selection never sees it)
+        final = evaluation if test_data is None else build_evaluation(
+            model_files, test_data, job.eval.metric, loaded.feed_names, target, sample_source=calib)
     records = [t.record]
     log.info("baseline %s of the original model: %.4f", evaluation.metric_name, evaluation.baseline)
     original = ModelArtifact.original(model_files)
@@ -70,7 +75,8 @@ def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None,
             return {"strategy": job.strategy.name, "rank": process_rank(), "model_dir": str(result.files.model_dir)}
     else:
         result = _search(job, original, calib, evaluation, save_dir, place, progress)
-    summary = evaluate(model_files, result, evaluation, job, device_string(place), records + result.stages)
+    summary = evaluate(model_files, result, final, job, device_string(place), records + result.stages,
+                       split="eval" if test_data is None else "test")
     summary["seconds"] = time.perf_counter() - start
     export(result, summary, save_dir)
     shutil.rmtree(work, ignore_errors=True)

@@ -6,7 +6,8 @@ from ..image import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def load_data(data_uri: str, dataset: Output[Dataset], batch_size: int = 32, s3_endpoint: str = ""):
-    """Fetch a Dataset folder (dataset.yaml + shards) and check that it reads."""
+    """Fetch a Dataset folder (dataset.yaml + shards) and check that it reads; an empty URI gives an
+    empty artifact (an optional split the run does not have)."""
     from autocompress.kfp import adapters
 
     adapters.use_endpoint(s3_endpoint)

@@ -64,9 +64,10 @@ def light(task: dsl.PipelineTask):
 
 
 def load_inputs(c, *, model_uri, config, model_filename, params_filename, data_uri, data_name, eval_data_uri,
-                batch_size, secret, s3_endpoint):
-    """The three loading tasks every pipeline starts with: model, its calibration/training data, eval
-    data. Not cached (the URIs may point at new content), retried (object stores flake)."""
+                test_data_uri, batch_size, secret, s3_endpoint):
+    """The loading tasks every pipeline starts with: model, its calibration/training data, eval data
+    (selection) and test data (the final report; empty URI: none). Not cached (the URIs may point at
+    new content), retried (object stores flake)."""
     model = common(light(c.load_model(model_uri=model_uri, config=config, model_filename=model_filename,
                                       params_filename=params_filename, s3_endpoint=s3_endpoint)),
                    secret, "load model", cache=False, retries=2)
@@ -74,4 +75,18 @@ def load_inputs(c, *, model_uri, config, model_filename, params_filename, data_u
                   secret, f"load {data_name} data", cache=False, retries=2)
     evald = common(light(c.load_data(data_uri=eval_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
                    secret, "load eval data", cache=False, retries=2)
-    return model, data, evald
+    testd = common(light(c.load_data(data_uri=test_data_uri, batch_size=batch_size, s3_endpoint=s3_endpoint)),
+                   secret, "load test data", cache=False, retries=2)
+    return model, data, evald, testd
+
+
+def evaluate_and_export(c, *, model, original, evald, testd, config, metric, max_drop, drop_type, device, batch_size,
+                        place, secret, publish_uri, s3_endpoint):
+    """Every pipeline's end: the compressed model measured next to the original (on the test split
+    when there is one), then the deliverable exported."""
+    ev = common(heavy(c.evaluate(model=model, baseline=original, eval_data=evald.outputs["dataset"],
+                                 test_data=testd.outputs["dataset"], config=config, metric=metric, max_drop=max_drop,
+                                 drop_type=drop_type, device=device, batch_size=batch_size), **place),
+                secret, "evaluate")
+    common(light(c.export(model=model, summary=ev.outputs["summary"], publish_uri=publish_uri,
+                          s3_endpoint=s3_endpoint)), secret, "export", cache=False, retries=2)
