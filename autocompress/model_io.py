@@ -160,9 +160,21 @@ def load_model(files: ModelFiles, place=None, scope=None) -> LoadedModel:
             program, feeds, fetches = paddle.static.load_inference_model(files.path_prefix, exe)
     except Exception as err:  # paddle raises bare RuntimeError/ValueError for corrupt files
         raise ModelError(f"could not load the model {files.model_path}: {type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}. "
+                         f"{paddle_error_line(err)}. "
                          "Is it a complete Paddle inference model (re-export it, or check the download)?") from None
     return LoadedModel(files, program, list(feeds), list(fetches), scope, exe)
+
+
+def paddle_error_line(err: Exception) -> str:
+    """The line of a Paddle error that says what went wrong: its C++ errors open with the user's call
+    stack ("In user code:") and put the message on a line like "UnavailableError: ..." or "(Fatal) ..."."""
+    import re
+
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if re.match(r"^(\(\w+\)|\w+Error:)", ln):
+            return ln[:500]
+    return (lines[0] if lines else type(err).__name__)[:500]
 
 
 def _var_info(block, name: str) -> dict:

@@ -60,3 +60,12 @@ def hashes():
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float((outputs.argmax(-1) == labels.reshape(-1)).mean())
+
+
+@pytest.fixture(scope="session")
+def digits_pir_files(digits_files):
+    """The same trained digits CNN (digits_files' weights) saved by Paddle 3 in its default PIR mode: a
+    native `inference.json` + `inference.pdiparams` written by `paddle.jit.save`."""
+    from autocompress.demo.digits import digits_pir_model
+
+    return digits_pir_model(cache_dir=digits_files.model_dir.parent)

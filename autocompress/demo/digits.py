@@ -101,6 +101,69 @@ def digits_model(cache_dir=None, seed: int = 0) -> ModelFiles:
     return locate_model(folder)
 
 
+def digits_pir_model(cache_dir=None, seed: int = 0) -> ModelFiles:
+    """The same trained network as `digits_model` (its weights), saved by Paddle 3 in its default PIR
+    mode: `paddle.jit.save` writes a native `inference.json` + `inference.pdiparams`. Cached likewise."""
+    folder = Path(cache_dir or default_cache_dir()) / f"digits-cnn-pir-{__version__}-seed{seed}"
+    if not (folder / "inference.json").exists():
+        export_pir_twin(digits_model(cache_dir, seed=seed), folder)
+    return locate_model(folder)
+
+
+def export_pir_twin(legacy: ModelFiles, out_dir) -> ModelFiles:
+    """Load the legacy digits model's weights into a fresh DigitsNet and `paddle.jit.save` it with the
+    PIR API on, as Paddle 3 exports by default."""
+    import paddle
+
+    from ..model_io import load_model, persistable_names
+    from ..paddle_env import legacy_ir
+
+    with legacy_ir():
+        model = load_model(legacy)
+        weights = {n: np.array(model.scope.find_var(n).get_tensor()) for n in persistable_names(model.program)}
+    was_static = not paddle.in_dynamic_mode()
+    paddle.disable_static()
+    try:
+        with paddle.utils.unique_name.guard():  # fresh parameter names: conv2d_0.w_0, ...
+            net = _build_net()
+        state = net.state_dict()
+        fresh = _names_by_rank([t.name for t in state.values()])
+        saved = _names_by_rank(list(weights))
+        if set(fresh) != set(saved):
+            from ..errors import ModelError
+
+            raise ModelError(f"{legacy.model_path} is not the digits network: its parameters {sorted(weights)} "
+                             f"do not match {sorted(t.name for t in state.values())}")
+        rank_of = {name: key for key, name in fresh.items()}
+        net.set_state_dict({key: weights[saved[rank_of[t.name]]] for key, t in state.items()})
+        net.eval()
+        spec = [paddle.static.InputSpec([None, 1, 8, 8], "float32", "x")]
+        with atomic_dir(out_dir) as tmp, paddle.pir_utils.DygraphPirGuard():
+            paddle.jit.save(net, str(Path(tmp) / "inference"), input_spec=spec)
+            info = Path(tmp) / "inference.pdiparams.info"
+            if info.exists():
+                info.unlink()
+    finally:
+        if was_static:
+            paddle.enable_static()
+    return locate_model(out_dir)
+
+
+def _names_by_rank(names: list[str]) -> dict[tuple, str]:
+    """Parameter names keyed by (layer kind, rank of the layer's counter, suffix): `conv2d_3.w_0` in a
+    net whose convs are conv2d_3..5 -> ('conv2d', 0, 'w_0'), whatever the counters started at."""
+    import re
+    from collections import defaultdict
+
+    parsed = {n: re.match(r"^(.*)_(\d+)\.(\w+)$", n) for n in names}
+    counters = defaultdict(set)
+    for m in parsed.values():
+        if m:
+            counters[m[1]].add(int(m[2]))
+    rank = {kind: {c: i for i, c in enumerate(sorted(cs))} for kind, cs in counters.items()}
+    return {(m[1], rank[m[1]][int(m[2])], m[3]) if m else (n,): n for n, m in parsed.items()}
+
+
 def materialize_builtin(uri: str, cache_dir=None) -> Path:
     """Resolve `builtin://digits[@seed]` (the demo model; another seed = a differently trained twin, e.g.
     a second teacher) and `builtin://digits/<split>` (a Dataset folder) to local folders, so example
