@@ -428,23 +428,9 @@ class DeploySection(_Config):
     batch misses the target unless this is true (it is always a warning).
     """
 
-    runtimes: Optional[list[Literal[RUNTIMES]]] = None
-    batch_size: Optional[int] = None
+    runtimes: Optional[list[Literal[RUNTIMES]]] = Field(None, min_length=1)
+    batch_size: Optional[int] = Field(None, ge=1)
     allow_slower: bool = False
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v):
-        if v is not None and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("runtimes")
-    @classmethod
-    def _runtimes(cls, v):
-        if v is not None and not v:
-            raise ValueError("an empty list measures nothing; omit it for the job's own target")
-        return v
 
 
 class ModelSection(_Config):
