@@ -82,6 +82,14 @@ def cmd_submit(args) -> int:
 
 
 def cmd_schedule(args) -> int:
+    if args.sync:  # GitOps: reconcile every recurring run to a recurring-runs.yaml
+        from .kfp.gitops import sync
+
+        sync(args.sync, host=args.host, token=args.token, namespace=args.namespace, dry_run=args.dry_run,
+             removed=args.removed)
+        return 0
+    if not args.config or not args.cron:
+        args.parser.error("schedule needs CONFIG and --cron (or --sync FILE)")
     from .kfp.cluster import schedule
 
     result = schedule(args.config, args.cron, job_name=args.job_name, **_cluster_options(args))
@@ -141,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("schedule", "create or replace a recurring run (scheduled retraining)",
                                   cmd_schedule)):
         p = sub.add_parser(verb, help=helptext)
-        p.add_argument("config", help="YAML run config whose Model/Data are s3:// or minio:// URIs")
+        p.add_argument("config", nargs="?" if verb == "schedule" else None,
+                       help="YAML run config whose Model/Data are s3:// or minio:// URIs")
         p.add_argument("--host", help="KFP endpoint (default: $KFP_HOST)")
         p.add_argument("--token", help="bearer token (default: $KFP_TOKEN)")
         p.add_argument("--namespace", help="Kubeflow namespace (default: $KFP_NAMESPACE or kubeflow)")
@@ -154,8 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "submit":
             p.add_argument("--run-name")
         else:
-            p.add_argument("--cron", required=True, help="cron expression, 5 or 6 fields (e.g. '0 3 * * *')")
+            p.add_argument("--cron", help="cron expression, 5 or 6 fields (e.g. '0 3 * * *'); required without --sync")
             p.add_argument("--job-name", help="recurring run name; an existing one with this name is replaced")
+            p.add_argument("--sync", metavar="FILE", help="reconcile KFP's recurring runs to a recurring-runs.yaml "
+                                                         "(create, replace changed, disable/delete removed)")
+            p.add_argument("--dry-run", action="store_true", help="with --sync: print the plan, change nothing")
+            p.add_argument("--removed", choices=["disable", "delete"],
+                           help="with --sync: what happens to our runs no longer in the file (default: the file's "
+                                "`removed:`, else disable)")
+            p.set_defaults(parser=p)
         p.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="compress the bundled digits CNN (real scikit-learn data), end to end")
