@@ -60,6 +60,12 @@ def _publish(summary: dict, uri: str) -> None:
 
 
 def cmd_compile(args) -> int:
+    if args.k8s:
+        from .kfp.compile import compile_k8s
+
+        for path in compile_k8s(args.k8s_dir, image_repository=args.image_repository):
+            print(path)
+        return 0
     from .kfp.compile import compile_pipelines
 
     for path in compile_pipelines(args.output_dir, image_repository=args.image_repository):
@@ -143,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = sub.add_parser("compile", help="write the pipelines' IR YAML (for the Kubeflow UI) to a folder")
     compile_.add_argument("--output-dir", default="pipelines/compiled")
     compile_.add_argument("--image-repository", help="component image repository (default: the released image)")
+    compile_.add_argument("--k8s", action="store_true",
+                          help="write KFP Kubernetes-native Pipeline + PipelineVersion resources (this release's "
+                               "version) as a kustomize component instead")
+    compile_.add_argument("--k8s-dir", default="manifests/components/pipeline-versions")
     compile_.set_defaults(func=cmd_compile)
 
     for verb, helptext, func in (("submit", "upload the pipeline as a new version and start a run", cmd_submit),
