@@ -19,6 +19,7 @@ class FakeKFP:
         self.versions: dict[str, list[dict]] = {}
         self.runs: list[dict] = []
         self.calls: list[tuple[str, str]] = []
+        self.auth: list[str | None] = []  # the Authorization header of each request
         self.fail: dict[tuple[str, str], tuple[int, int]] = {}  # (method, path) -> (nth call, status)
         self.page_size_cap = page_size_cap  # small pages: the client must follow next_page_token
         self._ids = itertools.count(1)
@@ -81,6 +82,7 @@ class FakeKFP:
                 body = json.loads(self.rfile.read(length)) if length else {}
                 with fake.lock:
                     fake.calls.append((method, url.path))
+                    fake.auth.append(self.headers.get("Authorization"))
                     if path is None:
                         return self._reply(404, {"error": "not found", "code": 5, "message": "not found"})
                     key = (method, _pattern(path))

@@ -193,6 +193,21 @@ def test_unreachable_host_and_http_errors_are_clear(tmp_path):
     assert main(["schedule", "--sync", str(path), "--host", "http://127.0.0.1:9"]) == 2
 
 
+def test_token_from_env_or_the_projected_token_file(kfp, tmp_path, monkeypatch):
+    path = _file(tmp_path, RUNS)
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    monkeypatch.setenv("KFP_TOKEN_FILE", str(token))
+    _sync(path, kfp, dry_run=True)
+    assert set(kfp.auth) == {"Bearer sa-token"}
+    monkeypatch.setenv("KFP_TOKEN", "env-token")
+    kfp.auth.clear()
+    _sync(path, kfp, dry_run=True)
+    assert set(kfp.auth) == {"Bearer env-token"}
+
+
 def test_file_checks():
     with pytest.raises(ConfigError, match="cron 'daily' needs 5 or 6 fields"):
         parse_sync_file({"runs": [{"name": "a", "pipeline": "p", "cron": "daily"}]})

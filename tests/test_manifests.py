@@ -57,8 +57,29 @@ def test_launcher_config_and_schedule(rendered):
     assert launcher["data"]["defaultPipelineRoot"].startswith("minio://")
     providers = yaml.safe_load(launcher["data"]["providers"])
     assert providers["minio"]["default"]["credentials"]["secretRef"]["secretName"]
-    run = by_name[("ConfigMap", "autocompress-recurring-run")]
-    assert len(run["data"]["CRON"].split()) == 6
+    run = by_name[("ConfigMap", "autocompress-recurring-runs")]
     from autocompress.config import load_run_config
 
     assert load_run_config(yaml.safe_load(run["data"]["config.yaml"])).combination == "ptq_hpo"
+
+
+def test_cronjob_syncs_the_mounted_recurring_runs_file(rendered, tmp_path):
+    """The CronJob runs `schedule --sync` on the ConfigMap's recurring-runs.yaml, mounted where the args
+    say; the file (with the run configs it names, as mounted) passes the sync's checks."""
+    from autocompress.kfp.gitops import load_sync_file
+
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
+    pod = by_name[("CronJob", "autocompress-sync-recurring-runs")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["args"][:2] == ["schedule", "--sync"]
+    mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    sync_file = Path(c["args"][2])
+    [(volume, folder)] = [(n, p) for n, p in mount.items() if Path(p) == sync_file.parent]
+    config_map = by_name[("ConfigMap", volumes[volume]["configMap"]["name"])]
+    for key, text in config_map["data"].items():  # the ConfigMap as the pod sees it
+        (tmp_path / key).write_text(text)
+    spec = load_sync_file(tmp_path / sync_file.name)
+    assert spec.runs and all(r.pipeline.startswith("autocompress-") for r in spec.runs)
+    token = volumes["kfp-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org" and mount["kfp-token"] == "/var/run/secrets/kubeflow/pipelines"

@@ -40,6 +40,8 @@ MARKER = "managed-by=autocompress-gitops"
 DEFAULT_PREFIX = "gitops-"
 DEFAULT_EXPERIMENT = "autocompress"
 REMOVAL = ("disable", "delete")
+# where multi-user KFP's clients read a projected ServiceAccount token (audience pipelines.kubeflow.org)
+TOKEN_FILE = "/var/run/secrets/kubeflow/pipelines/token"
 _RUN_KEYS = {"name", "pipeline", "version", "cron", "parameters", "config", "gpu", "enabled", "max_concurrency",
              "description", "service_account"}
 _FILE_KEYS = {"namespace", "experiment", "prefix", "removed", "runs"}
@@ -433,7 +435,8 @@ def sync(path: str | os.PathLike, *, host: str | None = None, token: str | None 
         host = host or _env(HOST_ENV)
         if not host:
             raise KFPError("no KFP endpoint: pass --host URL or set KFP_HOST (e.g. http://ml-pipeline.kubeflow:8888)")
-        api = KFPRest(host, token or _env(TOKEN_ENV), namespace or spec.namespace or _env(NAMESPACE_ENV))
+        api = KFPRest(host, token or _env(TOKEN_ENV) or _token_file(),
+                      namespace or spec.namespace or _env(NAMESPACE_ENV))
     resolved, experiment_id, new_experiment = resolve(api, spec)
     observed = api.recurring_runs()
     p = plan(resolved, observed, prefix=spec.prefix, removed=spec.removed,
@@ -459,6 +462,14 @@ def sync(path: str | os.PathLike, *, host: str | None = None, token: str | None 
         echo(f"  done: {label}")
     echo(f"applied {len(done)} step(s)")
     return p
+
+
+def _token_file() -> str | None:
+    """A projected ServiceAccount token ($KFP_TOKEN_FILE or the path multi-user KFP's clients use)."""
+    try:
+        return Path(os.environ.get("KFP_TOKEN_FILE") or TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _steps(p: Plan, api: KFPRest, spec: SyncFile, experiment_id: str | None) -> list[tuple[str, Any]]:
