@@ -5,6 +5,8 @@ class AutoCompressError(Exception):
     """Base class: a problem the user can fix. The message says what and how."""
 
     exit_code = 2
+    # a deterministic user error: the same input fails the same way, so a pipeline never retries it
+    retryable = False
 
 
 class ConfigError(AutoCompressError):
@@ -31,5 +33,17 @@ class StorageError(AutoCompressError):
     """Object-store problems: missing bucket/key, bad credentials, checksum mismatch."""
 
 
+class TransientStorageError(StorageError):
+    """The object store kept failing (unreachable, timeouts, truncated bodies) through every in-process
+    retry: worth a pipeline retry later, unlike a missing bucket or rejected credentials."""
+
+    retryable = True
+
+
 class TrainingError(AutoCompressError):
     """Training diverged (NaN/inf loss or weights) or cannot continue; the last good checkpoint is kept."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """A deterministic error in the user's input: report it, never retry it."""
+    return isinstance(err, AutoCompressError) and not err.retryable

@@ -159,9 +159,10 @@ def load_model(files: ModelFiles, place=None, scope=None) -> LoadedModel:
             # locate_model guarantees <prefix>.pdmodel + <prefix>.pdiparams, so the prefix says it all
             program, feeds, fetches = paddle.static.load_inference_model(files.path_prefix, exe)
     except Exception as err:  # paddle raises bare RuntimeError/ValueError for corrupt files
-        raise ModelError(f"could not load the model {files.model_path}: {type(err).__name__}: "
-                         f"{paddle_error_line(err)}. "
-                         "Is it a complete Paddle inference model (re-export it, or check the download)?") from None
+        pair = f"{files.model_path}" + (f" with the params {files.params_path.name}" if files.params_path else "")
+        raise ModelError(f"could not load the model {pair}: {type(err).__name__}: "
+                         f"{paddle_error_line(err)}. Is it a complete Paddle inference model whose params file "
+                         "belongs to its program (re-export it, or check the download)?") from None
     return LoadedModel(files, program, list(feeds), list(fetches), scope, exe)
 
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
-from .errors import StorageError
+from .errors import StorageError, TransientStorageError
 
 log = logging.getLogger("autocompress.storage")
 
@@ -232,7 +232,7 @@ class ObjectStore:
                     raise permanent from None
                 attempt += 1
                 if attempt > self.retries:
-                    raise StorageError(f"{action} {uri} failed after {attempt} attempts against {self._where()}: "
+                    raise TransientStorageError(f"{action} {uri} failed after {attempt} attempts against {self._where()}: "
                                        f"{type(err).__name__}: {_short(err)}. Check the endpoint and network, "
                                        "then run again") from None
                 delay = self.backoff * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())

@@ -84,23 +84,62 @@ def test_local_pipeline_end_to_end(tmp_path, combination, digits_files, data, ha
 
 def test_missing_local_input_fails_before_the_pipeline_starts(tmp_path, digits_files, data):
     cfg = _config(tmp_path, "distill", digits_files.model_dir, data, evald=str(tmp_path / "missing-eval"))
-    with pytest.raises(ConfigError, match="eval_data_uri: .*missing-eval does not exist"):
+    with pytest.raises(ConfigError, match="Data.eval: .*missing-eval does not exist"):
         local_run.run_local(cfg, echo=lambda line: None)
     assert not (tmp_path / "out" / "pipeline-root").exists()
 
 
-def test_failed_stage_is_a_clear_error(tmp_path, digits_files, data, digits_data):
-    """A stage that fails inside the pipeline (calibration data whose feed is not the model's input)
-    is reported with the stage's own error and the end of its log."""
+def test_wrong_feed_is_refused_before_the_pipeline_starts(tmp_path, digits_files, data, digits_data):
+    """Calibration data whose feed is not the model's input: the pre-flight binds the data to the
+    model, as the API does, and names the user's folder."""
     from autocompress.data.dataset import write_dataset
+    from autocompress.errors import DataError
 
     x, _ = digits_data["calib"]
     write_dataset(tmp_path / "wrong-feed", {"image": x[:64]})
     cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, train=str(tmp_path / "wrong-feed"))
-    with pytest.raises(kfp_layer.KFPError, match="stage calibrate failed with DataError: .*provides the feeds "
-                       r"\['image'\] but the model expects \['x'\]") as info:
+    with pytest.raises(DataError, match=r"provides the feeds \['image'\] but the model expects \['x'\]") as info:
         local_run.run_local(cfg, echo=lambda line: None)
-    assert "end of the log" in str(info.value)
+    assert str(tmp_path / "wrong-feed") in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_error_in_a_stage_is_not_retried(tmp_path, monkeypatch, digits_files, data):
+    """A user error that reaches a retried stage (load-model: 2 retries, 30 s + 60 s backoff) fails at
+    once with the stage's own typed error and no log tail; without the pre-flight to stop it first."""
+    import time
+
+    import autocompress.preflight
+    from autocompress.errors import ModelError
+
+    monkeypatch.setattr(autocompress.preflight, "preflight", lambda rc, save: None)
+    cfg = _config(tmp_path, "ptq_hpo", digits_files.model_dir, data, model_uri=str(tmp_path / "no-model"))
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="stage load-model: model_dir .*no-model does not exist") as info:
+        local_run.run_local(cfg, echo=lambda line: None)
+    assert time.perf_counter() - start < 25, "the user error was retried with backoff"
+    assert "end of the log" not in str(info.value) and "Traceback" not in str(info.value)
+    log = next((tmp_path / "out" / "pipeline-root").glob("*.log")).read_text()
+    assert log.count("Executing task 'load-model'") == 1 and "Traceback" not in log
+
+
+def test_transient_errors_keep_their_retries(monkeypatch):
+    """Only deterministic user errors skip retries: an object store that stayed unreachable through
+    the in-process retries, or a bug, is still retried by the pipeline's policy."""
+    from autocompress.errors import DataError, StorageError, TransientStorageError, is_user_error
+    from autocompress.kfp import adapters
+
+    assert is_user_error(DataError("x")) and is_user_error(StorageError("no such bucket"))
+    assert not is_user_error(TransientStorageError("timed out")) and not is_user_error(RuntimeError("bug"))
+    monkeypatch.setattr("sys.argv", ["executor_main", "--executor_input", "{}"])
+
+    def flaky(*args, **kwargs):
+        raise TransientStorageError("downloading s3://b/k failed after 4 attempts")
+
+    with pytest.raises(TransientStorageError):  # propagates: the component fails and kfp retries it
+        adapters._user_errors_exit(flaky)()
+    with pytest.raises(SystemExit):  # a user error: the mark, the exit code, no traceback
+        adapters._user_errors_exit(lambda: (_ for _ in ()).throw(DataError("bad")))()
 
 
 def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_files, data):

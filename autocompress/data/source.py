@@ -193,6 +193,9 @@ class FeedSource:
             dtype = self.feed_dtypes.get(name)
             if dtype is not None and arr.dtype != dtype:
                 feed[name] = arr.astype(dtype)  # a copy: the user's arrays stay untouched
+            if feed[name].dtype.kind == "f" and not np.isfinite(feed[name]).all():
+                raise DataError(f"{self.description}, batch {index}: feed {name!r} holds NaN or inf values; "
+                                "clean or impute the data (a model computes nothing meaningful on them)")
         return Batch(feed, batch.label)
 
 

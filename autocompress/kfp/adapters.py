@@ -353,3 +353,45 @@ def copy_report(deliverable_dir, report_path) -> None:
     """The report as the pipeline's Markdown artifact (the UI renders it)."""
     Path(report_path).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(deliverable_dir) / REPORT_FILE, report_path)
+
+
+# ---- user errors in a component -----------------------------------------------------------------
+USER_ERROR_MARK = "autocompress: user error (deterministic; not retried)"
+STAGES = ("load_model", "load_data", "calibrate", "plan_trials", "ptq_trial", "select_best", "prune",
+          "distill_train", "evaluate", "export")
+
+
+def _in_component() -> bool:
+    """This process is a KFP component (the kfp executor's command line), not a test or the API."""
+    import sys
+
+    return "--executor_input" in sys.argv
+
+
+def _user_errors_exit(fn):
+    """In a component: a deterministic user error prints `<ErrorType>: <message>` and the USER_ERROR_MARK
+    line, and exits with the error's code, without a traceback. `autocompress run` reads the mark and
+    does not retry the stage (kfp's retry policy cannot tell errors apart); transient errors
+    (TransientStorageError) and bugs propagate as before and are retried."""
+    import functools
+
+    from ..errors import is_user_error
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AutoCompressError as err:
+            if not (is_user_error(err) and _in_component()):
+                raise
+            import sys
+
+            print(f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            print(USER_ERROR_MARK, flush=True)
+            raise SystemExit(err.exit_code) from None
+    return wrapper
+
+
+for _name in STAGES:
+    globals()[_name] = _user_errors_exit(globals()[_name])
+del _name

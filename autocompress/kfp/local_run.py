@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Callable
 from ..config import RunConfig
 from ..errors import ConfigError
 from . import KFPError, first_line, pipelines_module, require_kfp
+from .adapters import USER_ERROR_MARK
 from .arguments import pipeline_arguments, run_config
 
 @dataclasses.dataclass
@@ -60,11 +62,13 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     endpoint = os.environ.get("S3_ENDPOINT") or os.environ.get("MINIO_ENDPOINT") or ""
     name, args = pipeline_arguments(rc, gpu=False, publish_uri=publish_uri or str(save), trial_shards=trial_shards,
                                     s3_endpoint=endpoint)
-    for key, location in args.items():
-        # fail before the pipeline starts: the load stages retry (for flaky object stores) with backoff
-        if key.endswith("_uri") and key != "publish_uri" and location and "://" not in location \
-                and not Path(location).exists():
-            raise ConfigError(f"{key}: {location} does not exist")
+    if save.exists() and not save.is_dir():
+        raise ConfigError(f"SaveDir {save} is an existing file; choose a folder")
+    # fail before the pipeline starts, naming the user's own files and keys (local inputs; the load
+    # stages check object-store ones)
+    from ..preflight import preflight
+
+    preflight(rc, save)
     pipeline = pipelines_module().by_name(name)
     save.mkdir(parents=True, exist_ok=True)
     echo(f"autocompress: running the {name} pipeline locally ({len(pipeline.pipeline_spec.root.dag.tasks)} "
@@ -72,13 +76,17 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     log_path = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     start = time.perf_counter()
-    with _StageProgress(log_path, echo, verbose=progress == "verbose") as stream, _quiet_kfp(stream):
+    with _StageProgress(log_path, echo, verbose=progress == "verbose") as stream, _quiet_kfp(stream), \
+            _user_errors_not_retried():
         try:
             pipeline(**args)
         except RuntimeError as err:
             stream.close_log()
             tail = _log_tail(log_path)
             cause = _stage_error(log_path)
+            user = _user_error(log_path)
+            if user is not None:  # the user's input, not the pipeline: the message, no log tail
+                raise user
             raise KFPError(f"the local {name} pipeline failed: {first_line(_strip_ansi(str(err)))}\n"
                            + (f"{cause}\n" if cause else "")
                            + f"--- end of the log ({log_path}) ---\n{tail}") from None
@@ -129,6 +137,47 @@ def _materialize_builtin(rc: RunConfig) -> RunConfig:
     model = rc.Model.model_copy(update={"model_dir": local(rc.Model.model_dir)})
     data = rc.Data.model_copy(update={k: local(getattr(rc.Data, k)) for k in ("train", "eval", "calib", "test")})
     return rc.model_copy(update={"Model": model, "Data": data})
+
+
+_TASK = threading.local()  # per task thread: the task now running, and the one a user error failed
+
+
+@contextlib.contextmanager
+def _user_errors_not_retried():
+    """kfp's local runner retries every failed task by its retry policy (30 s, 60 s, 120 s here): it
+    cannot tell a user error from a flaky object store. A stage that fails with a user error prints
+    `adapters.USER_ERROR_MARK` (read by `_StageProgress`, in the task's own thread); that task's
+    remaining attempts then return FAILURE at once, without the backoff sleep. Transient errors and
+    bugs keep their retries."""
+    from kfp.local import status, task_dispatcher
+    from kfp.local.orchestrator import task_executor
+
+    run_task, clock = task_dispatcher.run_single_task_implementation, task_executor.time
+
+    def dispatch(*args, **kwargs):
+        key = (kwargs.get("component_name"), id(kwargs.get("arguments")))
+        if getattr(_TASK, "user_error", None) == key:
+            return {}, status.Status.FAILURE
+        _TASK.current, _TASK.seen = key, False
+        outputs, state = run_task(*args, **kwargs)
+        if state == status.Status.FAILURE and _TASK.seen:
+            _TASK.user_error = key
+        return outputs, state
+
+    class _Clock:
+        def __getattr__(self, name):
+            return getattr(clock, name)
+
+        @staticmethod
+        def sleep(seconds):
+            if getattr(_TASK, "user_error", None) is None or _TASK.user_error != getattr(_TASK, "current", None):
+                clock.sleep(seconds)
+
+    task_dispatcher.run_single_task_implementation, task_executor.time = dispatch, _Clock()
+    try:
+        yield
+    finally:
+        task_dispatcher.run_single_task_implementation, task_executor.time = run_task, clock
 
 
 def stage_table(summary: dict) -> list[str]:
@@ -204,6 +253,8 @@ class _StageProgress(io.TextIOBase):
         plain = _strip_ansi(line)
         if not self._log.closed:
             self._log.write(plain + "\n")
+        if USER_ERROR_MARK in plain:
+            _TASK.seen = True
         if self.verbose:
             self.echo(plain)
             return
@@ -229,6 +280,24 @@ def _stage_error(path: Path) -> str | None:
         if m and failed is None:
             failed = f"stage {m.group(1)} failed with {last_error}" if last_error else f"stage {m.group(1)} failed"
     return failed
+
+
+def _user_error(path: Path):
+    """The error a stage refused the user's input with (it printed USER_ERROR_MARK), as its own type."""
+    from .. import errors
+
+    lines = _strip_ansi(path.read_text(errors="replace")).splitlines()
+    for i, line in enumerate(lines):
+        if USER_ERROR_MARK not in line:
+            continue
+        for prev in reversed(lines[max(0, i - 50):i]):
+            m = re.match(r"\s*(\w+Error): (.*)", prev)
+            cls = getattr(errors, m.group(1), None) if m else None
+            if isinstance(cls, type) and issubclass(cls, errors.AutoCompressError):
+                failed = re.findall(r"Task '([^']+)' finished with status FAILURE", "\n".join(lines[i:]))
+                stage = f"stage {failed[0]}: " if failed else ""
+                return cls(f"{stage}{m.group(2)} (full log: {path})")
+    return None
 
 
 def _log_tail(path: Path, lines: int = 40) -> str:

@@ -30,7 +30,24 @@ def check_save_dir(save_dir, model_dir) -> Path:
                           "overwritten)")
     if save_dir.exists() and not save_dir.is_dir():
         raise ConfigError(f"save_dir {save_dir} is an existing file; choose a folder")
+    _check_writable(save_dir)
     return save_dir
+
+
+def _check_writable(save_dir: Path) -> None:
+    """The save dir (or the nearest folder above it that exists) takes a file: probed, not guessed
+    from permission bits (root ignores them; read-only mounts and /proc do not)."""
+    import tempfile
+
+    folder = save_dir.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryDirectory(prefix=".autocompress-probe-", dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(f"save_dir {save_dir} cannot be written ({folder}: {err.strerror or err}); choose a "
+                          "folder you can write to") from None
 
 
 def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None, test_data=None,

@@ -1,0 +1,142 @@
+"""Pre-flight for `autocompress run`: every check that can run before a pipeline starts, with the same
+messages the API gives and naming the user's own files and keys (not an artifact copy's path).
+
+Local inputs only: for s3:// / minio:// locations the pipeline's load stages check. Cheap on
+purpose: the model is loaded once (its program, for the feed and node checks), each Dataset split is
+read only as far as its first batch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import AutoCompressError, ConfigError
+from .job import Job
+from .locations import existing_folder
+
+
+def _local(location) -> bool:
+    return bool(location) and "://" not in str(location)
+
+
+def preflight(rc: RunConfig, save_dir) -> Job:
+    """Raise the AutoCompressError a pipeline stage would raise, before any stage runs. Returns the job."""
+    from .metrics import load_metric
+    from .paddle_env import resolve_device
+
+    job = Job.from_run_config(rc)
+    resolve_device(rc.Device)           # unknown device, gpu on a CPU build
+    load_metric(rc.Eval.metric)         # an unknown or unimportable metric plugin
+    if not _local(rc.Model.model_dir):
+        return job
+    from .model_io import load_model, locate_model, require_legacy
+    from .paddle_env import legacy_ir
+    from .stages.run import check_save_dir
+
+    files = locate_model(rc.Model.model_dir, rc.Model.model_filename, rc.Model.params_filename)
+    require_legacy(files, f"the {job.strategy.name} strategy")
+    check_save_dir(Path(save_dir), files.model_dir)
+    _check_teachers(job)
+    with legacy_ir():
+        model = load_model(files)       # empty, random or truncated model / params files
+        for split in ("train", "calib", "eval", "test"):
+            location = getattr(rc.Data, split)
+            if _local(location):
+                _check_split(location, f"Data.{split}", rc.Data.batch_size, model)
+        _check_nodes(job, model)
+        _check_prune(job, model)
+    return job
+
+
+def _check_split(location, key: str, batch_size: int, model) -> None:
+    from .data import FeedSource
+    from .data.dataset import read_dataset
+
+    source = FeedSource.for_model(read_dataset(existing_folder(location, key), batch_size=batch_size), model)
+    try:
+        source.first()                  # empty data, wrong shapes / dtypes, NaN or inf
+    except AutoCompressError as err:
+        if key in str(err):
+            raise
+        raise type(err)(f"{key} ({location}): {err}") from None
+
+
+def _check_teachers(job: Job) -> None:
+    from .model_io import locate_model
+
+    single = job.configs.get("DistillationConfig")
+    if single is not None and _local(single.teacher_model_dir):
+        _teacher(locate_model, single.teacher_model_dir, single.teacher_model_filename,
+                 single.teacher_params_filename, "DistillationConfig.teacher_model_dir")
+    multi = job.configs.get("MultiTeacherDistillationConfig")
+    if multi is not None:
+        n = len(multi.teacher_model_dir)
+        for i, folder in enumerate(multi.teacher_model_dir):
+            if _local(folder):
+                _teacher(locate_model, folder, (multi.teacher_model_filename or [None] * n)[i],
+                         (multi.teacher_params_filename or [None] * n)[i],
+                         f"MultiTeacherDistillationConfig.teacher_model_dir[{i}]")
+
+
+def _teacher(locate, folder, model_filename, params_filename, key):
+    try:
+        return locate(folder, model_filename, params_filename)
+    except AutoCompressError as err:
+        raise type(err)(f"{key} ({folder}): {err}") from None
+
+
+def _var_names(program) -> set[str]:
+    return set(program.global_block().vars)
+
+
+def _check_nodes(job: Job, model) -> None:
+    """Distillation node names: the student's must be vars of the model; a teacher's of the teacher
+    (the input model itself when no teacher folder is given). Remote teachers: the stage checks."""
+    from .train.trainable import node_names
+
+    student = _var_names(model.program)
+    single = job.configs.get("DistillationConfig")
+    groups = []
+    if single is not None and single.distill_node_pair:
+        groups.append(("DistillationConfig.distill_node_pair", single.distill_node_pair, single.teacher_model_dir,
+                       single.teacher_model_filename, single.teacher_params_filename))
+    multi = job.configs.get("MultiTeacherDistillationConfig")
+    if multi is not None and multi.distill_node_pair:
+        n = len(multi.teacher_model_dir)
+        for i, pairs in enumerate(multi.distill_node_pair):
+            groups.append((f"MultiTeacherDistillationConfig.distill_node_pair[{i}]", pairs, multi.teacher_model_dir[i],
+                           (multi.teacher_model_filename or [None] * n)[i],
+                           (multi.teacher_params_filename or [None] * n)[i]))
+    for key, pairs, teacher_dir, tmodel, tparams in groups:
+        teacher = student
+        if teacher_dir is not None:
+            if not _local(teacher_dir):
+                teacher = None
+            else:
+                from .model_io import load_model, locate_model
+
+                teacher = _var_names(load_model(locate_model(teacher_dir, tmodel, tparams)).program)
+        for i in range(0, len(pairs), 2):
+            if teacher is not None and pairs[i] not in teacher:
+                raise ConfigError(f"{key}[{i}] = {pairs[i]!r} is not a var of the teacher"
+                                  f"{f' ({teacher_dir})' if teacher_dir else ''}; node names of the input model: "
+                                  f"{node_names(model.program, limit=20)}")
+            if pairs[i + 1] not in student:
+                raise ConfigError(f"{key}[{i + 1}] = {pairs[i + 1]!r} is not a var of the student (the input model); "
+                                  f"its node names: {node_names(model.program, limit=20)}")
+
+
+def _check_prune(job: Job, model) -> None:
+    prune = job.configs.get("PruneConfig")
+    if prune is None or prune.prune_params_name is None:
+        return
+    if prune.prune_algo == "asp":
+        from .prune.asp import eligible
+
+        eligible(model.program, names=prune.prune_params_name)
+    else:
+        from .prune.channel import resolve_targets
+        from .prune.graph import analyze
+
+        resolve_targets(analyze(model.program, model.feed_names, model.fetch_names), prune.prune_params_name)
+
