@@ -175,14 +175,24 @@ def measure_latency(files: ModelFiles, feed: dict, int8: bool = False, threads: 
 
 
 def compare_latency(models: list[tuple[ModelFiles, bool]], feed: dict, threads: int = 1, warmup: int = 10,
-                    rounds: int = 15, calls_per_round: int = 10, target: DeployTarget = CPU_ONEDNN) -> list[float]:
+                    rounds: int = 15, calls_per_round: int | None = None, target: DeployTarget = CPU_ONEDNN,
+                    budget_s: float = 3.0) -> list[float]:
     """Milliseconds per call for each (model files, int8) pair, measured in the same process with the
     same threads. Rounds alternate between the models so that load from other processes and CPU
-    frequency changes hit all of them alike; the result is the median round."""
+    frequency changes hit all of them alike; the result is the median round. Warm-up stops early for
+    slow models, and `calls_per_round` (default: as many as fit `budget_s`, 1 to 10) keeps a large
+    model or deployment batch from taking minutes while small ones still average over 10 calls."""
     predictors = [inference_predictor(files, int8=int8, threads=threads, target=target) for files, int8 in models]
+    per_call = []
     for predict in predictors:
-        for _ in range(warmup):
+        start = time.perf_counter()
+        for i in range(warmup):
             predict(feed)
+            if i >= 2 and time.perf_counter() - start > budget_s / 4:
+                break  # a slow model is warm after a few calls
+        per_call.append((time.perf_counter() - start) / (i + 1))
+    if calls_per_round is None:
+        calls_per_round = int(max(1, min(10, budget_s / (rounds * sum(per_call)))))
     samples: list[list[float]] = [[] for _ in predictors]
     for _ in range(rounds):
         for predict, times in zip(predictors, samples):
