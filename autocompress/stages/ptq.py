@@ -16,8 +16,9 @@ TRIAL_KEYS = ("ptq_algo", "bias_correct", "weight_quantize_type", "hist_percent"
 def calibrate(model, calib_source, quant: cfg.QuantizationConfig, hpo: cfg.HyperParameterOptimizationConfig,
               place=None):
     """Activation statistics for every quantizable tensor, collected once: as many samples as the
-    largest trial uses, in chunks of the smallest trial batch, so every trial's batch_size x batch_num
-    is a whole number of chunks."""
+    largest trial uses, in chunks of the smallest trial batch. A trial uses the whole chunks that
+    cover its batch_size x batch_num samples (rounded up when a sampled batch size is not a multiple
+    of the chunk); the trial table records the count it used (`calib_samples`)."""
     from ..model_io import load_model
     from ..paddle_env import legacy_ir
     from ..quant.calibration import collect_stats
