@@ -479,7 +479,7 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
     else:
         raise ConfigError(f"config file {source} does not exist")
     if not isinstance(data, dict):
-        raise ConfigError("a run config must be a YAML mapping with sections "
+        raise ConfigError(f"{source if isinstance(source, (str, Path)) else 'the run config'}: a run config must be a YAML mapping with sections "
                           f"{list(RUN_SECTIONS)} plus strategy configs {sorted(STRATEGY_CLASSES)}")
     unknown = [k for k in data if k not in RUN_SECTIONS and k not in STRATEGY_CLASSES]
     if unknown:

@@ -42,21 +42,26 @@ def preflight(rc: RunConfig, save_dir) -> Job:
         for split in ("train", "calib", "eval", "test"):
             location = getattr(rc.Data, split)
             if _local(location):
-                _check_split(location, f"Data.{split}", rc.Data.batch_size, model)
+                _check_split(location, f"Data.{split}", rc.Data.batch_size, model,
+                             labels=split in ("eval", "test") and rc.Eval.metric in ("top1", "top5"))
         _check_nodes(job, model)
         _check_prune(job, model)
     return job
 
 
-def _check_split(location, key: str, batch_size: int, model) -> None:
+def _check_split(location, key: str, batch_size: int, model, labels: bool = False) -> None:
     from .data import FeedSource
     from .data.dataset import read_dataset
+    from .errors import EvalError
 
-    source = FeedSource.for_model(read_dataset(existing_folder(location, key), batch_size=batch_size), model)
     try:
-        source.first()                  # empty data, wrong shapes / dtypes, NaN or inf
+        source = FeedSource.for_model(read_dataset(existing_folder(location, key), batch_size=batch_size), model)
+        first = source.first()          # empty data, wrong shapes / dtypes, NaN or inf
+        if labels and first.label is None:
+            raise EvalError("the metric needs labels but the eval data has none; add the label as the last field "
+                            "of each batch (or label_field), or use metric 'fidelity'")
     except AutoCompressError as err:
-        if key in str(err):
+        if key in str(err) or str(location) in str(err):
             raise
         raise type(err)(f"{key} ({location}): {err}") from None
 

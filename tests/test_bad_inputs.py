@@ -70,6 +70,8 @@ class Case:
     error: type = AutoCompressError
     says: tuple = ()        # fragments of the message (regex-free, case-insensitive)
     save_is_input: bool = False
+    raw: str | None = None  # the run file's text instead of the config
+    in_stage: bool = False  # through `autocompress run`: refused by a stage, not the pre-flight
 
 
 def _set(path: str, value):
@@ -142,6 +144,44 @@ def _nan(env: Env):
     env.rewrite_shard("train", x=x, label=np.load(env.shard())["label"])
 
 
+def _inf(env: Env):
+    z = np.load(env.shard("eval"))
+    x = z["x"].copy()
+    x[0, 0, 3, 3] = np.inf
+    env.rewrite_shard("eval", x=x, label=z["label"])
+
+
+def _late_nan(env: Env):
+    """NaN in the last eval batch: the pre-flight reads first batches only (cheap), so through
+    `autocompress run` a stage refuses it, at once (not retried)."""
+    z = np.load(env.shard("eval"))
+    x = z["x"].copy()
+    x[-1, 0, 3, 3] = np.nan
+    env.rewrite_shard("eval", x=x, label=z["label"])
+
+
+def _strings(env: Env):
+    lab = np.load(env.shard())["label"]
+    env.rewrite_shard("train", x=np.full((len(lab), 1, 8, 8), "abc"), label=lab)
+
+
+def _dataset_yaml_key(env: Env):
+    meta = yaml.safe_load(env.dataset_yaml().read_text())
+    meta["shard"] = meta["shards"]
+    env.dataset_yaml().write_text(yaml.safe_dump(meta))
+
+
+def _dataset_yaml_garbage(env: Env):
+    env.dataset_yaml().write_text("feeds: [unclosed\n")
+
+
+def _unlabelled_eval(env: Env):
+    env.rewrite_shard("eval", x=np.load(env.shard("eval"))["x"])
+    meta = yaml.safe_load(env.dataset_yaml("eval").read_text())
+    meta["label_field"], meta["label"] = None, None
+    env.dataset_yaml("eval").write_text(yaml.safe_dump(meta))
+
+
 def _wrong_shape(env: Env):
     lab = np.load(env.shard())["label"]
     env.rewrite_shard("train", x=np.zeros((len(lab), 1, 7, 7), "float32"), label=lab)
@@ -194,6 +234,11 @@ def _save_is_file(env: Env):
 DISTILL = {"DistillationConfig": {}}
 CASES = [
     # config: unknown keys, wrong types, out of range, unsupported combinations
+    Case("run file not YAML", lambda e: None, says=("run.yaml",), raw="Model: {model_dir: [\n"),
+    Case("run file not a mapping", lambda e: None, says=("run.yaml",), raw="- just\n- a list\n"),
+    Case("unknown key in Model", _set("Model.model_path", "x"), says=("model_path",)),
+    Case("wrong type in Data", _set("Data.batch_size", "big"), says=("batch_size",)),
+    Case("missing params file name", _set("Model.params_filename", "weights.pdiparams"), says=("weights.pdiparams",)),
     Case("unknown top-level key", _set("Quantisation", {}), says=("Quantisation",)),
     Case("unknown key in a config", _set("QuantizationConfig.weight_bit", 8), says=("weight_bit",)),
     Case("wrong type", _set("HyperParameterOptimizationConfig.max_quant_count", "ten"), says=("max_quant_count",)),
@@ -222,6 +267,12 @@ CASES = [
     Case("missing data folder", _set("Data.eval", lambda e: str(e.root / "no-eval")), says=("Data.eval", "no-eval")),
     Case("empty data", _empty_data, says=("shards",)),
     Case("NaN in data", _nan, says=("NaN",)),
+    Case("inf in eval data", _inf, says=("inf",)),
+    Case("NaN in the last eval batch", _late_nan, says=("NaN",), in_stage=True),
+    Case("string array in a shard", _strings, says=("x",)),
+    Case("unknown key in dataset.yaml", _dataset_yaml_key, says=("shard", "dataset.yaml")),
+    Case("dataset.yaml not YAML", _dataset_yaml_garbage, says=("dataset.yaml",)),
+    Case("eval data without labels", _unlabelled_eval, says=("label",)),
     Case("wrong shape", _wrong_shape, says=("shape",)),
     Case("wrong feed name", _wrong_feed, says=("image",)),
     Case("object array in a shard", _object_array, says=("shard",)),
@@ -286,7 +337,7 @@ def test_bad_input_is_refused(case, entry, tmp_path, pristine, hashes, capsys):
     env = _env(tmp_path, pristine)
     case.mutate(env)
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(env.cfg))
+    path.write_text(case.raw if case.raw is not None else yaml.safe_dump(env.cfg))
     before = _snapshot(env, hashes)
     save_existed = env.save.exists()
     start = time.perf_counter()
@@ -307,12 +358,16 @@ def test_bad_input_is_refused(case, entry, tmp_path, pristine, hashes, capsys):
     for fragment in case.says:
         assert fragment.lower() in lowered, f"{fragment!r} not in: {message}"
     assert "Traceback" not in printed, printed
-    assert "pipeline-root" not in message and "/.work/" not in message  # the user's paths, not copies
     assert _snapshot(env, hashes) == before, "an input was modified"
-    if not case.save_is_input and not save_existed:
-        assert not env.save.exists(), f"half-written output: {sorted(p.name for p in env.save.rglob('*'))}"
+    in_stage = entry == "pipeline" and case.in_stage
+    if in_stage:  # a stage's user error: typed, at once (no retry backoff), nothing published
+        assert seconds < 25 and not (env.save / "model").exists() and not (env.save / "summary.json").exists()
+    else:
+        assert "pipeline-root" not in message and "/.work/" not in message  # the user's paths, not copies
+        if not case.save_is_input and not save_existed:
+            assert not env.save.exists(), f"half-written output: {sorted(p.name for p in env.save.rglob('*'))}"
     FIGURES.append({"case": case.name, "entry": entry, "seconds": round(seconds, 2),
-                    "refused_before_pipeline": entry != "pipeline" or not (env.save / "pipeline-root").exists()})
+                    "refused_before_pipeline": not in_stage})
 
 
 # ---- eval callbacks (API only: a Python function) --------------------------------------------------

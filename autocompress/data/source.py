@@ -182,18 +182,21 @@ class FeedSource:
         return new
 
     def _checked_batch(self, batch: Batch, index: int) -> Batch:
-        if not self.feed_shapes and not self.feed_dtypes:
-            return batch
         feed = dict(batch.feed)
         for name, arr in feed.items():
-            want = self.feed_shapes.get(name)
+            want = self.feed_shapes.get(name) if self.feed_shapes else None
             if want is not None and not shape_matches(arr.shape, want):
                 raise DataError(f"{self.description}, batch {index}: feed {name!r} has shape {list(arr.shape)} "
                                 f"but the model expects {list(want)} (-1 = any size); reshape the data")
-            dtype = self.feed_dtypes.get(name)
+            dtype = self.feed_dtypes.get(name) if self.feed_dtypes else None
             if dtype is not None and arr.dtype != dtype:
-                feed[name] = arr.astype(dtype)  # a copy: the user's arrays stay untouched
-            if feed[name].dtype.kind == "f" and not np.isfinite(feed[name]).all():
+                try:
+                    feed[name] = arr.astype(dtype)  # a copy: the user's arrays stay untouched
+                except (ValueError, TypeError) as err:
+                    raise DataError(f"{self.description}, batch {index}: feed {name!r} holds {arr.dtype} values "
+                                    f"that cannot be cast to the model's {dtype} ({err}); store numbers") from None
+            value = feed[name]
+            if getattr(value, "dtype", None) is not None and value.dtype.kind in "fc" and not np.isfinite(value).all():
                 raise DataError(f"{self.description}, batch {index}: feed {name!r} holds NaN or inf values; "
                                 "clean or impute the data (a model computes nothing meaningful on them)")
         return Batch(feed, batch.label)
