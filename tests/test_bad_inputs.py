@@ -362,6 +362,8 @@ def test_bad_input_is_refused(case, entry, tmp_path, pristine, hashes, capsys):
     in_stage = entry == "pipeline" and case.in_stage
     if in_stage:  # a stage's user error: typed, at once (no retry backoff), nothing published
         assert seconds < 25 and not (env.save / "model").exists() and not (env.save / "summary.json").exists()
+        problem = message.split(" (full log: ")[0]
+        assert "pipeline-root" not in problem and str(env.data) in problem  # the user's folder, not the copy
     else:
         assert "pipeline-root" not in message and "/.work/" not in message  # the user's paths, not copies
         if not case.save_is_input and not save_existed:

@@ -325,7 +325,7 @@ def use_endpoint(endpoint: str | None) -> None:
 def ui_metadata(meta: dict) -> dict:
     """The small subset of model metadata shown on a KFP artifact."""
     keys = ("format", "model_filename", "params_filename", "precision", "strategy", "size_bytes", "params",
-            "flops", "metric", "baseline_metric", "autocompress_version")
+            "flops", "metric", "baseline_metric", "autocompress_version", "source_uri")
     return {k: meta[k] for k in keys if meta.get(k) is not None}
 
 

@@ -296,8 +296,24 @@ def _user_error(path: Path):
             if isinstance(cls, type) and issubclass(cls, errors.AutoCompressError):
                 failed = re.findall(r"Task '([^']+)' finished with status FAILURE", "\n".join(lines[i:]))
                 stage = f"stage {failed[0]}: " if failed else ""
-                return cls(f"{stage}{m.group(2)} (full log: {path})")
+                return cls(f"{stage}{_user_paths(path.parent, m.group(2))} (full log: {path})")
     return None
+
+
+def _user_paths(root: Path, message: str) -> str:
+    """The message with every loaded artifact copy's path replaced by the user's own location (the
+    load stages record it as the artifact's `source_uri`)."""
+    copies = {}
+    for output in root.glob("*/load-*/executor_output.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            for group in json.loads(output.read_text()).get("artifacts", {}).values():
+                for artifact in group.get("artifacts", []):
+                    source = (artifact.get("metadata") or {}).get("source_uri")
+                    if source and artifact.get("uri"):
+                        copies[artifact["uri"]] = source
+    for copy in sorted(copies, key=len, reverse=True):
+        message = message.replace(copy, copies[copy])
+    return message
 
 
 def _log_tail(path: Path, lines: int = 40) -> str:
