@@ -38,14 +38,16 @@ class AutoCompression:
         if eval_callback is None:
             raise ConfigError("eval_callback is required: an eval DataLoader (last field = label) or a function "
                               "that receives a predict callable and returns a float")
-        from .model_io import locate_model, require_legacy
+        from .model_io import locate_model
         from .paddle_env import resolve_device
         from .stages.run import check_save_dir
 
         resolve_device(devices)  # an unknown or absent device fails here, not after loading
         self.model_files = locate_model(model_dir, model_filename, params_filename)
-        require_legacy(self.model_files, f"the {self.job.strategy.name} strategy")
         self.save_dir = check_save_dir(Path(save_dir), self.model_files.model_dir)
+        from .preflight import check_teachers
+
+        check_teachers(self.job)  # a missing teacher folder fails here, not after the baseline
         self.train_dataloader = train_dataloader
         self.calib_dataloader = calib_dataloader
         self.test_dataloader = test_dataloader

@@ -36,7 +36,7 @@ def preflight(rc: RunConfig, save_dir) -> Job:
     files = locate_model(rc.Model.model_dir, rc.Model.model_filename, rc.Model.params_filename)
     require_legacy(files, f"the {job.strategy.name} strategy")
     check_save_dir(Path(save_dir), files.model_dir)
-    _check_teachers(job)
+    check_teachers(job)
     with legacy_ir():
         model = load_model(files)       # empty, random or truncated model / params files
         for split in ("train", "calib", "eval", "test"):
@@ -66,28 +66,22 @@ def _check_split(location, key: str, batch_size: int, model, labels: bool = Fals
         raise type(err)(f"{key} ({location}): {err}") from None
 
 
-def _check_teachers(job: Job) -> None:
-    from .model_io import locate_model
+def check_teachers(job: Job) -> None:
+    """Every local teacher folder holds a model (the API's check too, before any work); the message is
+    the training stage's, naming the key. Object-store teachers: the stage fetches and checks them."""
+    from .train.api import _teacher_files
 
     single = job.configs.get("DistillationConfig")
     if single is not None and _local(single.teacher_model_dir):
-        _teacher(locate_model, single.teacher_model_dir, single.teacher_model_filename,
-                 single.teacher_params_filename, "DistillationConfig.teacher_model_dir")
+        _teacher_files(single.teacher_model_dir, single.teacher_model_filename, single.teacher_params_filename, None)
     multi = job.configs.get("MultiTeacherDistillationConfig")
     if multi is not None:
         n = len(multi.teacher_model_dir)
         for i, folder in enumerate(multi.teacher_model_dir):
             if _local(folder):
-                _teacher(locate_model, folder, (multi.teacher_model_filename or [None] * n)[i],
-                         (multi.teacher_params_filename or [None] * n)[i],
-                         f"MultiTeacherDistillationConfig.teacher_model_dir[{i}]")
-
-
-def _teacher(locate, folder, model_filename, params_filename, key):
-    try:
-        return locate(folder, model_filename, params_filename)
-    except AutoCompressError as err:
-        raise type(err)(f"{key} ({folder}): {err}") from None
+                _teacher_files(folder, (multi.teacher_model_filename or [None] * n)[i],
+                               (multi.teacher_params_filename or [None] * n)[i], None,
+                               f"MultiTeacherDistillationConfig[{i}]")
 
 
 def _var_names(program) -> set[str]:
