@@ -93,3 +93,85 @@ def test_an_unsupported_operation_is_named(tmp_path):
 def test_a_legacy_model_is_refused(digits_files, tmp_path):
     with pytest.raises(ModelError, match="not a Paddle 3 PIR model"):
         pir_to_legacy(digits_files, tmp_path / "out")
+
+
+def _export_pir(layer_class, folder, input_spec):
+    """A `layer_class()` saved the way Paddle 3 saves by default (PIR: inference.json + inference.pdiparams)."""
+    paddle.disable_static()
+    try:
+        paddle.seed(0)
+        layer = layer_class()
+        layer.eval()
+        paddle.jit.save(layer, str(folder / "inference"), input_spec=input_spec)
+    finally:
+        paddle.enable_static()
+    return locate_model(folder)
+
+
+class _VisionOps(paddle.nn.Layer):
+    """conv / norm / activation / pooling / interpolation / shape ops, as Paddle 3 exports them."""
+
+    def __init__(self):
+        super().__init__()
+        nn = paddle.nn
+        self.c1, self.bn = nn.Conv2D(3, 8, 3, padding=1), nn.BatchNorm2D(8)
+        self.dw = nn.Conv2D(8, 8, 3, padding=1, groups=8)
+        self.ct, self.ln, self.fc, self.drop = nn.Conv2DTranspose(8, 8, 2, stride=2), nn.LayerNorm(16), \
+            nn.Linear(16, 16), nn.Dropout(0.1)
+
+    def forward(self, x):
+        F = paddle.nn.functional
+        y = F.relu(self.bn(self.c1(x)))
+        y = F.hardswish(self.dw(y)) * F.hardsigmoid(y)
+        y = F.avg_pool2d(F.interpolate(y, scale_factor=2, mode="bilinear"), 2)
+        y = F.max_pool2d(self.ct(y), 2)
+        y = F.leaky_relu(y, 0.1) + F.silu(y) - F.sigmoid(y)
+        y = paddle.clip(F.gelu(y) / (paddle.tanh(y) + 2.0), -3, 3)
+        y = F.adaptive_avg_pool2d(paddle.maximum(y, paddle.minimum(y, paddle.full([1], 0.5))), 4)
+        b = self.drop(self.fc(self.ln(y.reshape([-1, 8, 16]))))
+        b = paddle.transpose(b, [0, 2, 1]).unsqueeze(1).squeeze(1)
+        b = F.softmax(paddle.concat([b, b * 0.5], axis=1).mean(axis=-1), axis=-1)
+        return paddle.scale(b, 2.0, 1.0), paddle.flatten(y, 1)
+
+
+class _MoreOps(paddle.nn.Layer):
+    """split / pad / reductions / casts / embedding / nearest resize, as Paddle 3 exports them."""
+
+    def __init__(self):
+        super().__init__()
+        self.ct, self.emb = paddle.nn.Conv2DTranspose(4, 4, 2, stride=2, groups=4), paddle.nn.Embedding(10, 4)
+
+    def forward(self, x, ids):
+        F = paddle.nn.functional
+        y = self.ct(F.relu6(x) + paddle.sqrt(paddle.abs(x)) + paddle.exp(-x.abs()))
+        y = paddle.cast(y, "float64").cast("float32")
+        a, b = paddle.split(y, 2, axis=1)
+        c, d, e = paddle.split(y, [1, 1, 2], axis=1)
+        y = F.pad(paddle.concat([a * b, c + d, e], axis=1), [1, 1, 1, 1])
+        y = paddle.pow(y, 2.0) + paddle.rsqrt(y.abs() + 1.0)
+        s = paddle.stack([y.sum(axis=[2, 3]), y.max(axis=[2, 3])], axis=1)
+        return s, paddle.argmax(s, axis=-1), F.interpolate(y, size=[8, 8], mode="nearest"), self.emb(ids).sum(axis=1)
+
+
+def test_native_pir_exports_of_the_other_supported_ops_translate(tmp_path):
+    vision = _export_pir(_VisionOps, tmp_path / "vision",
+                         [paddle.static.InputSpec([-1, 3, 16, 16], "float32", "x")])
+    more = _export_pir(_MoreOps, tmp_path / "more", [paddle.static.InputSpec([-1, 4, 6, 6], "float32", "x"),
+                                                      paddle.static.InputSpec([-1, 3], "int64", "ids")])
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((2, 3, 16, 16)).astype("float32")},
+             {"x": rng.standard_normal((2, 4, 6, 6)).astype("float32"), "ids": rng.integers(0, 10, (2, 3))}]
+    for files, feed in zip([vision, more], feeds):
+        out = pir_to_legacy(files, tmp_path / f"{files.model_dir.name}-legacy", feed=feed)
+        check = read_metadata(out.model_dir)["translation"]
+        assert set(check["pir_ops"]) <= set(supported_ops())
+        ref = infer(files, feed, onednn=False)  # bilinear / nearest resize: PIR fails with oneDNN (docs/pir.md)
+        got = infer(out, feed, onednn=False)
+        assert got[0] == ref[0] == [f"fetch_name_{i}" for i in range(len(ref[0]))]
+        assert_close(ref[1], got[1])
+        with legacy_ir():
+            load_model(out)
+    ops = set(read_metadata(tmp_path / "vision-legacy")["translation"]["pir_ops"]) | set(
+        read_metadata(tmp_path / "more-legacy")["translation"]["pir_ops"])
+    assert {"pd_op.conv2d_transpose", "pd_op.bilinear_interp", "pd_op.layer_norm", "pd_op.split_with_num",
+            "pd_op.split", "pd_op.pad3d", "pd_op.embedding", "pd_op.argmax", "pd_op.cast"} <= ops

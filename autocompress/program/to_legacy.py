@@ -121,6 +121,22 @@ _RULES: dict[str, Rule] = {
                                   attrs={"data_format": "data_layout"}),
     "pd_op.mean": Rule("reduce_mean", {"x": "X"}, {"out": "Out"}, attrs={"keepdim": "keep_dim"},
                        const_attrs={"axis": "dim"}),
+    "pd_op.sum": Rule("reduce_sum", {"x": "X"}, {"out": "Out"}, attrs={"keepdim": "keep_dim", "dtype": "out_dtype"},
+                      const_attrs={"axis": "dim"}),
+    "pd_op.max": Rule("reduce_max", {"x": "X"}, {"out": "Out"}, attrs={"keepdim": "keep_dim"},
+                      const_attrs={"axis": "dim"}),
+    "pd_op.min": Rule("reduce_min", {"x": "X"}, {"out": "Out"}, attrs={"keepdim": "keep_dim"},
+                      const_attrs={"axis": "dim"}),
+    "pd_op.argmax": Rule("arg_max", {"x": "X"}, {"out": "Out"}, const_attrs={"axis": "axis"}),
+    "pd_op.stack": Rule("stack", {"x": "X"}, {"out": "Y"}),
+    "pd_op.split": Rule("split", {"x": "X"}, {"out": "Out"}, const_attrs={"sections": "sections", "axis": "axis"}),
+    "pd_op.split_with_num": Rule("split", {"x": "X"}, {"out": "Out"}, const_attrs={"axis": "axis"}),
+    "pd_op.pad3d": Rule("pad3d", {"x": "X"}, {"out": "Out"}, attrs={"pad_value": "value"},
+                        const_attrs={"paddings": "paddings"}),
+    "pd_op.pow": Rule("pow", {"x": "X"}, {"out": "Out"}, attrs={"y": "factor"}),
+    "pd_op.rsqrt": _unary("rsqrt"),
+    "pd_op.erf": _unary("erf"),
+    "pd_op.embedding": Rule("lookup_table_v2", {"x": "Ids", "weight": "W"}, {"out": "Out"}),
     "pd_op.clip": Rule("clip", {"x": "X"}, {"out": "Out"}, const_attrs={"min": "min", "max": "max"}),
 }
 _RULES["pd_op.batch_norm_"] = _RULES["pd_op.batch_norm"]
@@ -132,7 +148,7 @@ _RULES["pd_op.multiply_"] = _RULES["pd_op.multiply"]
 _RULES["pd_op.scale_"] = _RULES["pd_op.scale"]
 # handled in code, not through a Rule
 _SPECIAL = ("pd_op.data", "builtin.parameter", "pd_op.parameter", "pd_op.fetch", "pd_op.full", "pd_op.full_int_array",
-            "builtin.combine", "pd_op.reshape", "pd_op.reshape_")
+            "builtin.combine", "builtin.split", "pd_op.reshape", "pd_op.reshape_")
 
 
 def supported_ops() -> list[str]:
@@ -229,6 +245,8 @@ def _numpy_dtype(dtype) -> str:
 def _vartype(dtype) -> int:
     import paddle
 
+    if _dtype_name(dtype) == "UNDEFINED":  # e.g. sum's dtype: "as the input"
+        return -1
     name = _VARTYPE.get(_dtype_name(dtype))
     if name is None:
         raise ModelError(f"data type {dtype} has no legacy equivalent")
@@ -362,6 +380,11 @@ class _Translator:
             self.consts[op.result(0).id] = ("full", attrs["value"], list(attrs["shape"]), attrs["dtype"])
         elif name == "pd_op.full_int_array":
             self.consts[op.result(0).id] = ("array", list(attrs["value"]), attrs["dtype"])
+        elif name == "builtin.split":  # its results were named by the op that made the vector
+            missing = [v for v in op.results() if v.id not in self.names]
+            if missing:
+                raise ModelError(f"{self.model_path}: builtin.split of a value not made by pd_op.split; cannot "
+                                 "translate this program")
         elif name == "builtin.combine":
             self.lists[op.result(0).id] = list(op.operands_source())
         elif name in ("pd_op.reshape", "pd_op.reshape_"):
@@ -402,6 +425,10 @@ class _Translator:
             if key in attr_types:
                 attrs[key] = val
         attrs.update(rule.fixed)
+        if rule.legacy == "cast":
+            attrs["in_dtype"] = op.operand_source(0).dtype
+        if rule.legacy.startswith("reduce_") and not attrs.get("dim"):
+            attrs.update(dim=[0], reduce_all=True)  # PIR's empty axis: over everything
         attrs = {k: _coerce(v, attr_types.get(k)) for k, v in attrs.items()}
         outputs = {}
         for i, pir_name in enumerate(out_names):
@@ -410,6 +437,9 @@ class _Translator:
                 raise ModelError(f"{self.model_path}: {op.name()}'s output {pir_name!r} has no legacy slot; "
                                  "please report this")
             value = op.result(i)
+            if rule.legacy == "split":  # a vector of tensors, unpacked by the builtin.split that uses it
+                outputs[slot] = self._unpacked(value, op.name())
+                continue
             if rule.legacy == "batch_norm" and slot in ("MeanOut", "VarianceOut"):
                 # in place, as in legacy programs: MeanOut is the Mean variable
                 var = inputs["Mean" if slot == "MeanOut" else "Variance"][0]
@@ -424,6 +454,13 @@ class _Translator:
             outputs["XShape"] = [self.block.create_var(name=self._new_name(rule.legacy + "_xshape"),
                                                        shape=[0] + list(x.shape), dtype=x.dtype)]
         self.block.append_op(type=rule.legacy, inputs=inputs, outputs=outputs, attrs=attrs)
+
+    def _unpacked(self, vector, op_name: str) -> list:
+        users = vector.all_used_ops()
+        if len(users) != 1 or users[0].name() != "builtin.split":
+            raise ModelError(f"{self.model_path}: {op_name}'s outputs are used as a list ({[u.name() for u in users]}); "
+                             "the legacy translation supports them unpacked (builtin.split) only")
+        return [self._create(v, "split") for v in users[0].results()]
 
     def _reshape(self, op):
         x, shape_value = op.operand_source(0), op.operand_source(1)
