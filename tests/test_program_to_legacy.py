@@ -44,16 +44,16 @@ def test_native_pir_digits_translates_to_an_equivalent_legacy_model(digits_pir_f
     assert_close(ref, result)
 
 
-@pytest.mark.parametrize("name", ["cls", "rec"])
+@pytest.mark.parametrize("name", ["cls", "rec", "det"])
 def test_pp_ocr_round_trip_legacy_pir_legacy(name, tmp_path, hashes):
+    """PP-OCR legacy -> convert_to_pir -> pir_to_legacy: the same outputs as the shipped legacy model."""
     from autocompress.ocr import rec_model_dir
 
-    if name == "rec":
-        src = locate_model(rec_model_dir())
-        x = np.random.default_rng(0).random((2, 3, 48, 160), dtype=np.float32)
-    else:  # PP-OCR mobile v2 direction classifier, shipped next to the rec model
-        src = locate_model(rec_model_dir().parent / "ch_ppocr_mobile_v2_cls_infer")
-        x = np.random.default_rng(0).random((2, 3, 48, 192), dtype=np.float32)
+    folder, shape = {"rec": ("ch_PP-OCRv4_rec_infer", (2, 3, 48, 160)),
+                     "cls": ("ch_ppocr_mobile_v2_cls_infer", (2, 3, 48, 192)),  # shipped next to the rec model
+                     "det": ("ch_PP-OCRv4_det_infer", (1, 3, 64, 64))}[name]
+    src = locate_model(rec_model_dir().parent / folder)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
     pir = convert_to_pir(src.model_dir, tmp_path / "pir")
     before = hashes(pir.model_dir)
     back = pir_to_legacy(pir, tmp_path / "legacy", feed={"x": x})
@@ -61,6 +61,8 @@ def test_pp_ocr_round_trip_legacy_pir_legacy(name, tmp_path, hashes):
     ref_names, ref = infer(src, {"x": x})
     names, got = infer(back, {"x": x})
     assert names == ref_names  # the original fetch names survive both ways
+    if name == "det":  # nearest_interp: the PIR model runs without oneDNN only (docs/pir.md), the legacy one with it
+        assert read_metadata(back.model_dir)["translation"]["runtime"].endswith("(config.disable_mkldnn())")
     assert_close(ref, got)
     with legacy_ir():
         model = load_model(back)

@@ -170,7 +170,8 @@ def pir_to_legacy(files: ModelFiles, out_dir, feed: dict | None = None,
         raise ModelError(f"{files.model_path} is not a Paddle 3 PIR model (it is {files.format}); nothing to translate")
     out_dir = Path(out_dir)
     if files.model_dir.resolve() == out_dir.resolve() or files.model_dir.resolve().is_relative_to(out_dir.resolve()):
-        raise ModelError(f"out_dir {out_dir} would replace the input model's folder {files.model_dir}; pick a new folder")
+        raise ModelError(f"out_dir {out_dir} would replace the input model's folder {files.model_dir}; "
+                         "pick a new folder")
     guard = InputGuard(files)
     start = time.perf_counter()
     stem = Path(files.model_filename).stem
@@ -200,8 +201,6 @@ def pir_to_legacy(files: ModelFiles, out_dir, feed: dict | None = None,
                         str(Path(tmp) / stem), [block.var(n) for n in translation.feed_names],
                         [block.var(n) for n in translation.fetch_names], paddle.static.Executor(paddle.CPUPlace()),
                         program=program, clip_extra=True)
-            if files.params_filename and files.params_filename != out.params_filename:
-                raise ModelError(f"{files.params_filename}: the params file must be named {stem}.pdiparams")
             if not out.params_path.exists():  # a model without weights
                 out = dataclasses.replace(out, params_filename=None)
             check = _compare(original, out, sample, files.model_path)
@@ -348,7 +347,15 @@ class _Translator:
                 self.fetch_of.setdefault(op.operand_source(0).id, op.attrs()["name"])
         with paddle.static.program_guard(self.program, paddle.static.Program()):
             for op in ops:
-                self._translate(op)
+                try:
+                    self._translate(op)
+                except ModelError:
+                    raise
+                except Exception as err:  # Paddle's legacy InferShape refusing what we emitted
+                    raise ModelError(f"{self.model_path}: translating {op.name()} to the legacy format failed in "
+                                     f"Paddle {paddle.__version__}: {paddle_error_line(err)}; please report this, and "
+                                     "meanwhile re-export the model in the legacy format (paddle.jit.save inside "
+                                     "paddle.pir_utils.OldIrGuard())") from None
 
     def _translate(self, op):
         name = op.name()
@@ -458,8 +465,9 @@ class _Translator:
     def _unpacked(self, vector, op_name: str) -> list:
         users = vector.all_used_ops()
         if len(users) != 1 or users[0].name() != "builtin.split":
-            raise ModelError(f"{self.model_path}: {op_name}'s outputs are used as a list ({[u.name() for u in users]}); "
-                             "the legacy translation supports them unpacked (builtin.split) only")
+            used_by = [u.name() for u in users]
+            raise ModelError(f"{self.model_path}: {op_name}'s outputs are used as a list ({used_by}); the legacy "
+                             "translation supports them unpacked (builtin.split) only")
         return [self._create(v, "split") for v in users[0].results()]
 
     def _reshape(self, op):
