@@ -364,6 +364,7 @@ def test_bad_input_is_refused(case, entry, tmp_path, pristine, hashes, capsys):
         assert seconds < 25 and not (env.save / "model").exists() and not (env.save / "summary.json").exists()
         problem = message.split(" (full log: ")[0]
         assert "pipeline-root" not in problem and str(env.data) in problem  # the user's folder, not the copy
+        assert [p.suffix for p in (env.save / "pipeline-root").iterdir()] == [".log"]  # no copies of the inputs
     else:
         assert "pipeline-root" not in message and "/.work/" not in message  # the user's paths, not copies
         if not case.save_is_input and not save_existed:

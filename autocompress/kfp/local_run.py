@@ -75,6 +75,7 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
          f"top-level stages); artifacts under {root}")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     log_path = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    earlier = set(root.iterdir()) if root.is_dir() else set()
     start = time.perf_counter()
     with _StageProgress(log_path, echo, verbose=progress == "verbose") as stream, _quiet_kfp(stream), \
             _user_errors_not_retried():
@@ -86,6 +87,9 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
             cause = _stage_error(log_path)
             user = _user_error(log_path)
             if user is not None:  # the user's input, not the pipeline: the message, no log tail
+                for entry in set(root.iterdir()) - earlier - {log_path}:  # this run's copies of the inputs
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
                 raise user
             raise KFPError(f"the local {name} pipeline failed: {first_line(_strip_ansi(str(err)))}\n"
                            + (f"{cause}\n" if cause else "")
