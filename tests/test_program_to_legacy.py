@@ -41,6 +41,14 @@ def test_native_pir_digits_translates_to_an_equivalent_legacy_model(digits_pir_f
         types = {op.type for op in model.program.global_block().ops}
         assert {"conv2d", "batch_norm", "pool2d", "flatten_contiguous_range", "matmul_v2"} <= types
         result = model.executor.run(model.program, feed=feed, fetch_list=model.fetch_targets, scope=model.scope)
+        # the quantization engine finds the same layers as in the legacy twin (weights keep their names)
+        from autocompress.config import QuantizationConfig
+        from autocompress.quant.targets import find_targets
+
+        targets = find_targets(model.program, QuantizationConfig())
+        twin = find_targets(load_model(digits_files).program, QuantizationConfig())
+        assert sorted(targets.weights) == sorted(twin.weights) and targets.weights
+        assert len(targets.activations) == len(twin.activations)
     assert_close(ref, result)
 
 
