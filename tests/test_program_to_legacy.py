@@ -185,3 +185,29 @@ def test_native_pir_exports_of_the_other_supported_ops_translate(tmp_path):
         read_metadata(tmp_path / "more-legacy")["translation"]["pir_ops"])
     assert {"pd_op.conv2d_transpose", "pd_op.bilinear_interp", "pd_op.layer_norm", "pd_op.split_with_num",
             "pd_op.split", "pd_op.pad3d", "pd_op.embedding", "pd_op.argmax", "pd_op.cast"} <= ops
+
+
+def test_the_translated_pir_model_quantizes_to_int8(digits_pir_files, digits_data, tmp_path):
+    """What the translation is for: a compression engine (here PTQ) working on the legacy copy."""
+    from autocompress.backend import inference_predictor
+    from autocompress.config import QuantizationConfig
+    from autocompress.evaluation import executor_predictor
+    from autocompress.quant.apply import quantize_model, save_quantized
+    from autocompress.quant.calibration import collect_stats
+    from autocompress.quant.targets import find_targets
+    from autocompress.quant.thresholds import compute_thresholds
+    from test_quant_fixtures import calib_batches, top1_evaluator
+
+    legacy = pir_to_legacy(digits_pir_files, tmp_path / "legacy")
+    x, y = digits_data["eval"]
+    evaluate = top1_evaluator(x[:200], y[:200])
+    with legacy_ir():
+        model = load_model(legacy)
+        targets = find_targets(model.program, QuantizationConfig())
+        stats = collect_stats(model, calib_batches(digits_data["calib"][0][:100]), targets, chunk_size=10)
+        fp32 = evaluate(executor_predictor(model))
+        q = quantize_model(model, compute_thresholds(stats, "avg"), targets)
+        out = save_quantized(q, model, tmp_path / "int8")
+        ops = {op.type for op in load_model(out).program.global_block().ops}
+    assert "quantize_linear" in ops and "dequantize_linear" in ops
+    assert fp32 > 0.9 and evaluate(inference_predictor(out, int8=True)) >= fp32 - 0.02
