@@ -163,6 +163,32 @@ class _MoreOps(paddle.nn.Layer):
         return s, paddle.argmax(s, axis=-1), F.interpolate(y, size=[8, 8], mode="nearest"), self.emb(ids).sum(axis=1)
 
 
+class _RunTimeShapes(paddle.nn.Layer):
+    """Sizes and slice bounds computed from the input's shape at run time (shape64 / slice / stack / combine)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = paddle.nn.Conv2D(3, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        F = paddle.nn.functional
+        y = self.c(x)
+        up = F.interpolate(y, size=x.shape[2:], mode="bilinear")
+        return up[:, :, :x.shape[2] // 2, 1:], F.interpolate(y, size=[x.shape[2], 8], mode="nearest")
+
+
+def test_run_time_sizes_and_slice_bounds_translate(tmp_path):
+    files = _export_pir(_RunTimeShapes, tmp_path / "dyn", [paddle.static.InputSpec([-1, 3, -1, -1], "float32", "x")])
+    out = pir_to_legacy(files, tmp_path / "legacy", feed_shapes={"x": [2, 3, 20, 24]})
+    assert {"pd_op.shape64", "pd_op.floor_divide", "pd_op.stack"} <= set(
+        read_metadata(out.model_dir)["translation"]["pir_ops"])
+    for shape in [(1, 3, 16, 16), (2, 3, 30, 12)]:  # other sizes than the check's: nothing was frozen
+        x = np.random.default_rng(1).random(shape, dtype=np.float32)
+        ref, got = infer(files, {"x": x}, onednn=False)[1], infer(out, {"x": x}, onednn=False)[1]
+        assert ref[0].shape == (shape[0], 4, shape[2] // 2, shape[3] - 1) and ref[1].shape == (shape[0], 4, shape[2], 8)
+        assert_close(ref, got)
+
+
 def test_native_pir_exports_of_the_other_supported_ops_translate(tmp_path):
     vision = _export_pir(_VisionOps, tmp_path / "vision",
                          [paddle.static.InputSpec([-1, 3, 16, 16], "float32", "x")])

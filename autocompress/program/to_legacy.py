@@ -52,6 +52,8 @@ class Rule:
     attrs: dict = dataclasses.field(default_factory=dict)  # PIR attr -> legacy attr (others: same name)
     const_attrs: dict = dataclasses.field(default_factory=dict)  # PIR input (a constant) -> legacy attr
     fixed: dict = dataclasses.field(default_factory=dict)  # legacy attrs set outright
+    # a const_attrs input computed at run time -> (legacy slot for one tensor, legacy slot for a list of them)
+    dynamic: dict = dataclasses.field(default_factory=dict)
     xshape: bool = False  # the legacy op has an XShape output PIR dropped
 
 
@@ -63,6 +65,7 @@ def _binary(legacy):
     return Rule(legacy, {"x": "X", "y": "Y"}, {"out": "Out"}, fixed={"axis": -1})
 
 
+_INTERP_INPUTS = {"x": "X", "out_size": "OutSize", "size_tensor": "SizeTensor", "scale_tensor": "Scale"}
 _CONV = dict(inputs={"input": "Input", "filter": "Filter"}, outputs={"out": "Output"})
 _RULES: dict[str, Rule] = {
     "pd_op.conv2d": Rule("conv2d", **_CONV),
@@ -84,6 +87,9 @@ _RULES: dict[str, Rule] = {
     "pd_op.subtract": _binary("elementwise_sub"),
     "pd_op.multiply": _binary("elementwise_mul"),
     "pd_op.divide": _binary("elementwise_div"),
+    "pd_op.floor_divide": _binary("elementwise_floordiv"),
+    "pd_op.remainder": _binary("elementwise_mod"),
+    "pd_op.elementwise_pow": _binary("elementwise_pow"),
     "pd_op.maximum": _binary("elementwise_max"),
     "pd_op.minimum": _binary("elementwise_min"),
     "pd_op.relu": _unary("relu"),
@@ -112,12 +118,14 @@ _RULES: dict[str, Rule] = {
     "pd_op.dropout": Rule("dropout", {"x": "X"}, {"out": "Out", "mask": "Mask"}, const_attrs={"p": "dropout_prob"},
                           attrs={"mode": "dropout_implementation"}),
     "pd_op.shape": Rule("shape", {"input": "Input"}, {"out": "Out"}),
-    "pd_op.shape64": Rule("shape", {"input": "Input"}, {"out": "Out"}),
+    "pd_op.shape64": Rule("shape64", {"input": "input"}, {"out": "out"}),
     "pd_op.slice": Rule("slice", {"input": "Input"}, {"out": "Out"},
-                        const_attrs={"starts": "starts", "ends": "ends"}),
-    "pd_op.nearest_interp": Rule("nearest_interp_v2", {"x": "X"}, {"output": "Out"},
+                        const_attrs={"starts": "starts", "ends": "ends"},
+                        dynamic={"starts": ("StartsTensor", "StartsTensorList"),
+                                 "ends": ("EndsTensor", "EndsTensorList")}),
+    "pd_op.nearest_interp": Rule("nearest_interp_v2", _INTERP_INPUTS, {"output": "Out"},
                                  attrs={"data_format": "data_layout"}),
-    "pd_op.bilinear_interp": Rule("bilinear_interp_v2", {"x": "X"}, {"output": "Out"},
+    "pd_op.bilinear_interp": Rule("bilinear_interp_v2", _INTERP_INPUTS, {"output": "Out"},
                                   attrs={"data_format": "data_layout"}),
     "pd_op.mean": Rule("reduce_mean", {"x": "X"}, {"out": "Out"}, attrs={"keepdim": "keep_dim"},
                        const_attrs={"axis": "dim"}),
@@ -324,6 +332,15 @@ class _Translator:
             return list(const[1])
         return const[1]
 
+    def _folded(self, value):
+        """A constant input's value (a list for a full_int_array or a combine of constants), else None."""
+        if value.id in self.consts:
+            const = self.consts[value.id]
+            return list(const[1]) if const[0] == "array" else const[1]
+        if value.id in self.lists and all(p.id in self.consts for p in self.lists[value.id]):
+            return [self._scalar(p, "") for p in self.lists[value.id]]
+        return None
+
     def _scalar(self, value, op_name: str) -> int:
         const = self._const_value(value, op_name, "shape")
         return int(const[0] if isinstance(const, list) else const)
@@ -410,12 +427,24 @@ class _Translator:
         proto = OpProtoHolder.instance().get_op_proto(rule.legacy)
         attr_types = {a.name: a.type for a in proto.attrs}
         in_names, out_names = op.get_input_names(), op.get_output_names()
-        inputs, attrs = {}, {}
+        inputs, attrs, dynamic = {}, {}, []
         for i, pir_name in enumerate(in_names):
             value = op.operand_source(i)
             if pir_name in rule.const_attrs:
-                if value is not None and value.initialized() and _value_info(value) is not None:
-                    attrs[rule.const_attrs[pir_name]] = self._const_value(value, op.name(), pir_name)
+                if value is None or not value.initialized():
+                    continue
+                const = self._folded(value)
+                if const is not None:
+                    attrs[rule.const_attrs[pir_name]] = const
+                elif pir_name in rule.dynamic:  # computed at run time: the legacy op's tensor input
+                    one, many = rule.dynamic[pir_name]
+                    if value.id in self.lists:
+                        inputs[many] = self._inputs(value, rule.legacy)
+                    else:
+                        inputs[one] = [self._var(value)]
+                    dynamic.append(rule.const_attrs[pir_name])
+                else:
+                    self._const_value(value, op.name(), pir_name)  # raises, naming the input
                 continue
             if pir_name not in rule.inputs:
                 if value is not None and value.initialized():
@@ -432,6 +461,9 @@ class _Translator:
             if key in attr_types:
                 attrs[key] = val
         attrs.update(rule.fixed)
+        if dynamic and rule.legacy == "slice":  # what legacy programs hold for run-time bounds
+            n = len(attrs.get("axes", []))
+            attrs.update({k: [-1] * n for k in dynamic}, infer_flags=[-1] * n)
         if rule.legacy == "cast":
             attrs["in_dtype"] = op.operand_source(0).dtype
         if rule.legacy.startswith("reduce_") and not attrs.get("dim"):
