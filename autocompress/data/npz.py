@@ -120,28 +120,58 @@ def read_npz(folder: Path, meta: dict, path: Path, batch_size: int) -> OpenedDat
     """Check an npz `dataset.yaml` (`meta`, read from `path`) and its shard files; read them lazily."""
     check_keys(meta, _NPZ_KEYS, {"format", "feeds", "shards"}, path)
     feeds = meta["feeds"]
-    if not isinstance(feeds, dict) or not feeds:
-        raise DataError(f"{path}: 'feeds' must map feed names to {{shape, dtype}}, got {feeds!r}")
+    if not isinstance(feeds, dict) or not feeds or not all(
+            isinstance(k, str) and (v is None or _is_spec(v)) for k, v in feeds.items()):
+        raise DataError(f"{path}: 'feeds' must map feed names to {{shape: [int, ...], dtype: str}}, got {feeds!r}")
     label_field = meta.get("label_field")
+    if label_field is not None and not isinstance(label_field, str):
+        raise DataError(f"{path}: 'label_field' must be the label array's name (a string) or null, got "
+                        f"{label_field!r}")
+    if label_field is not None and meta.get("label") is not None and not _is_spec(meta["label"]):
+        raise DataError(f"{path}: 'label' must be {{shape: [int, ...], dtype: str}}, got {meta['label']!r}")
     shards = meta["shards"]
     if not isinstance(shards, list) or not shards:
         raise DataError(f"{path}: 'shards' must be a non-empty list of {{file, samples, sha256}}")
+    declared = meta.get("samples")
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
+        raise DataError(f"{path}: 'samples' must be an integer, got {declared!r}")
     files = []
     for entry in shards:
         if not isinstance(entry, dict) or "file" not in entry:
             raise DataError(f"{path}: every shard needs a 'file' key, got {entry!r}")
+        samples, digest = entry.get("samples", 0), entry.get("sha256")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0 or \
+                (digest is not None and not isinstance(digest, str)):
+            raise DataError(f"{path}: shard {entry.get('file')!r} needs 'samples' (an integer >= 0) and 'sha256' (a "
+                            f"string), got {entry!r}")
         target = inside(folder, entry["file"], path)
         if not target.is_file():
             raise DataError(f"{path}: shard {entry['file']} is missing from {folder}; the Dataset is incomplete "
                             "(re-run load_data, or re-copy the folder)")
         files.append((target, entry))
-    declared = meta.get("samples")
     counted = sum(int(e.get("samples", 0)) for _, e in files)
     if declared is not None and declared != counted:
         raise DataError(f"{path}: samples={declared} but the shards hold {counted}")
     shards_reader = _NpzShards(files, list(feeds), label_field, feeds)
     return OpenedDataset(lambda: rebatched(shards_reader.batches(), batch_size), list(feeds), label_field,
                          description=f"the Dataset folder {folder}", num_batches=-(-counted // batch_size))
+
+
+def _is_spec(spec) -> bool:
+    """{shape: [int, ...], dtype: str}, both optional."""
+    if not isinstance(spec, dict) or set(spec) - {"shape", "dtype"}:
+        return False
+    shape = spec.get("shape", [])
+    dtype = spec.get("dtype", "float32")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        return False
+    if not isinstance(dtype, str):
+        return False
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        return False
+    return True
 
 
 class _NpzShards:
