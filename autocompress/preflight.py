@@ -44,9 +44,15 @@ def preflight(rc: RunConfig, save_dir) -> Job:
             if _local(location):
                 _check_split(location, f"Data.{split}", rc.Data.batch_size, model,
                              labels=split in ("eval", "test") and rc.Eval.metric in ("top1", "top5"))
-        _check_nodes(job, model)
-        _check_prune(job, model)
+        check_names(job, model)
     return job
+
+
+def check_names(job: Job, model) -> None:
+    """Distillation node and prune parameter names exist in the loaded model (the API's check too,
+    before the baseline is measured)."""
+    _check_nodes(job, model)
+    _check_prune(job, model)
 
 
 def _check_split(location, key: str, batch_size: int, model, labels: bool = False) -> None:
@@ -90,39 +96,45 @@ def _var_names(program) -> set[str]:
 
 def _check_nodes(job: Job, model) -> None:
     """Distillation node names: the student's must be vars of the model; a teacher's of the teacher
-    (the input model itself when no teacher folder is given). Remote teachers: the stage checks."""
+    (the input model itself when no teacher folder is given), as its own name or with the teacher's
+    prefix (`teacher_`, `teacher0_`, ...), with the training stage's message. Remote teachers: the
+    stage checks."""
+    from .train.losses import _listing
+    from .train.teachers import teacher_prefixes
     from .train.trainable import node_names
 
-    student = _var_names(model.program)
     single = job.configs.get("DistillationConfig")
     groups = []
     if single is not None and single.distill_node_pair:
         groups.append(("DistillationConfig.distill_node_pair", single.distill_node_pair, single.teacher_model_dir,
-                       single.teacher_model_filename, single.teacher_params_filename))
+                       single.teacher_model_filename, single.teacher_params_filename, teacher_prefixes(1)[0]))
     multi = job.configs.get("MultiTeacherDistillationConfig")
     if multi is not None and multi.distill_node_pair:
         n = len(multi.teacher_model_dir)
         for i, pairs in enumerate(multi.distill_node_pair):
             groups.append((f"MultiTeacherDistillationConfig.distill_node_pair[{i}]", pairs, multi.teacher_model_dir[i],
                            (multi.teacher_model_filename or [None] * n)[i],
-                           (multi.teacher_params_filename or [None] * n)[i]))
-    for key, pairs, teacher_dir, tmodel, tparams in groups:
-        teacher = student
+                           (multi.teacher_params_filename or [None] * n)[i], teacher_prefixes(n)[i]))
+    student = _var_names(model.program)
+    for key, pairs, teacher_dir, tmodel, tparams, prefix in groups:
+        teacher_program = model.program
         if teacher_dir is not None:
             if not _local(teacher_dir):
-                teacher = None
+                teacher_program = None
             else:
                 from .model_io import load_model, locate_model
 
-                teacher = _var_names(load_model(locate_model(teacher_dir, tmodel, tparams)).program)
+                teacher_program = load_model(locate_model(teacher_dir, tmodel, tparams)).program
+        teacher = _var_names(teacher_program) if teacher_program is not None else None
         for i in range(0, len(pairs), 2):
-            if teacher is not None and pairs[i] not in teacher:
-                raise ConfigError(f"{key}[{i}] = {pairs[i]!r} is not a var of the teacher"
-                                  f"{f' ({teacher_dir})' if teacher_dir else ''}; node names of the input model: "
-                                  f"{node_names(model.program, limit=20)}")
+            name = pairs[i]
+            own = name[len(prefix):] if name.startswith(prefix) else name
+            if teacher is not None and name not in teacher and own not in teacher:
+                raise ConfigError(f"{key}[{i}] = {name!r} is not a var of the teacher. "
+                                  f"{_listing([prefix + n for n in node_names(teacher_program)])}")
             if pairs[i + 1] not in student:
-                raise ConfigError(f"{key}[{i + 1}] = {pairs[i + 1]!r} is not a var of the student (the input model); "
-                                  f"its node names: {node_names(model.program, limit=20)}")
+                raise ConfigError(f"{key}[{i + 1}] = {pairs[i + 1]!r} is not a var of the student. "
+                                  f"{_listing(node_names(model.program))}")
 
 
 def _check_prune(job: Job, model) -> None:

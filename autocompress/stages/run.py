@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .artifact import ModelArtifact, StageTimer
+from .formats import in_input_format, working_copy
 
 log = logging.getLogger("autocompress")
 WORK_SUBDIR = ".work"
@@ -70,12 +71,17 @@ def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None,
     guard = InputGuard(model_files)
     place = resolve_device(job.device)
     target = DeployTarget.for_job(job.deploy_backend, place)
+    work = save_dir / WORK_SUBDIR
     with StageTimer("load") as t:
+        engine_files = working_copy(model_files, work / "input")  # a PIR input: its legacy translation
         with legacy_ir():
-            loaded = load_model(model_files)
+            loaded = load_model(engine_files)
             # bound to the model: feed names and shapes checked, dtypes cast, before any work
             primary = FeedSource.for_model(data, loaded)
             calib = FeedSource.for_model(calib_data, loaded) if calib_data is not None else primary
+            from ..preflight import check_names
+
+            check_names(job, loaded)  # node / prune names before the baseline is measured
         evaluation = build_evaluation(model_files, eval_callback, job.eval.metric, loaded.feed_names, target,
                                       sample_source=calib)
         # the reported metric: on held-out data when there is some (selection never sees it)
@@ -83,15 +89,15 @@ def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None,
             model_files, test_data, job.eval.metric, loaded.feed_names, target, sample_source=calib)
     records = [t.record]
     log.info("baseline %s of the original model: %.4f", evaluation.metric_name, evaluation.baseline)
-    original = ModelArtifact.original(model_files)
-    work = save_dir / WORK_SUBDIR
+    original = ModelArtifact.original(engine_files, str(model_files.model_dir))
     if job.strategy.trains:
-        result = _train(job, original, model_files, primary, evaluation, save_dir, work, place, progress)
+        result = _train(job, original, engine_files, primary, evaluation, save_dir, work, place, progress)
         if process_rank() != 0:  # collective training: rank 0 measures and writes; the others only trained
             log.info("rank %d done; rank 0 writes the summary and the model", process_rank())
             return {"strategy": job.strategy.name, "rank": process_rank(), "model_dir": str(result.files.model_dir)}
     else:
         result = _search(job, original, calib, evaluation, save_dir, place, progress)
+    result = in_input_format(result, model_files, work / "output")
     summary = evaluate(model_files, result, final, job, device_string(place), records + result.stages,
                        split="eval" if test_data is None else "test")
     summary["seconds"] = time.perf_counter() - start
