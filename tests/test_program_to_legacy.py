@@ -145,7 +145,7 @@ class _VisionOps(paddle.nn.Layer):
 
 
 class _MoreOps(paddle.nn.Layer):
-    """split / pad / reductions / casts / embedding / nearest resize, as Paddle 3 exports them."""
+    """split / pad / reductions / casts / embedding / nearest resize / literal tensors, as Paddle 3 exports them."""
 
     def __init__(self):
         super().__init__()
@@ -160,7 +160,9 @@ class _MoreOps(paddle.nn.Layer):
         y = F.pad(paddle.concat([a * b, c + d, e], axis=1), [1, 1, 1, 1])
         y = paddle.pow(y, 2.0) + paddle.rsqrt(y.abs() + 1.0)
         s = paddle.stack([y.sum(axis=[2, 3]), y.max(axis=[2, 3])], axis=1)
-        return s, paddle.argmax(s, axis=-1), F.interpolate(y, size=[8, 8], mode="nearest"), self.emb(ids).sum(axis=1)
+        g = paddle.gather(s, paddle.to_tensor([1, 0], dtype="int64"), axis=1) * paddle.to_tensor([0.5, 2.0, 1.0, 3.0, -1.0])
+        resized = F.interpolate(y, size=[8, 8], mode="nearest")
+        return s, paddle.argmax(s, axis=-1), resized, self.emb(ids).sum(axis=1), g
 
 
 class _RunTimeShapes(paddle.nn.Layer):
@@ -210,7 +212,8 @@ def test_native_pir_exports_of_the_other_supported_ops_translate(tmp_path):
     ops = set(read_metadata(tmp_path / "vision-legacy")["translation"]["pir_ops"]) | set(
         read_metadata(tmp_path / "more-legacy")["translation"]["pir_ops"])
     assert {"pd_op.conv2d_transpose", "pd_op.bilinear_interp", "pd_op.layer_norm", "pd_op.split_with_num",
-            "pd_op.split", "pd_op.pad3d", "pd_op.embedding", "pd_op.argmax", "pd_op.cast"} <= ops
+            "pd_op.split", "pd_op.pad3d", "pd_op.embedding", "pd_op.argmax", "pd_op.cast", "pd_op.gather",
+            "pd_op.assign_value_"} <= ops
 
 
 def test_the_translated_pir_model_quantizes_to_int8(digits_pir_files, digits_data, tmp_path):

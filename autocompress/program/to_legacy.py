@@ -144,6 +144,7 @@ _RULES: dict[str, Rule] = {
     "pd_op.pow": Rule("pow", {"x": "X"}, {"out": "Out"}, attrs={"y": "factor"}),
     "pd_op.rsqrt": _unary("rsqrt"),
     "pd_op.erf": _unary("erf"),
+    "pd_op.gather": Rule("gather", {"x": "X", "index": "Index"}, {"out": "Out"}, const_attrs={"axis": "axis"}),
     "pd_op.embedding": Rule("lookup_table_v2", {"x": "Ids", "weight": "W"}, {"out": "Out"}),
     "pd_op.clip": Rule("clip", {"x": "X"}, {"out": "Out"}, const_attrs={"min": "min", "max": "max"}),
 }
@@ -156,7 +157,7 @@ _RULES["pd_op.multiply_"] = _RULES["pd_op.multiply"]
 _RULES["pd_op.scale_"] = _RULES["pd_op.scale"]
 # handled in code, not through a Rule
 _SPECIAL = ("pd_op.data", "builtin.parameter", "pd_op.parameter", "pd_op.fetch", "pd_op.full", "pd_op.full_int_array",
-            "builtin.combine", "builtin.split", "pd_op.reshape", "pd_op.reshape_")
+            "pd_op.assign_value", "pd_op.assign_value_", "builtin.combine", "builtin.split", "pd_op.reshape", "pd_op.reshape_")
 
 
 def supported_ops() -> list[str]:
@@ -273,7 +274,8 @@ class _Translator:
         self.pir = pir_program
         self.model_path = model_path
         self.names: dict[str, str] = {}  # PIR value id -> legacy var name
-        self.consts: dict[str, tuple] = {}  # value id -> ("full", value, shape, dtype) | ("array", list, dtype)
+        # value id -> ("full", value, shape, dtype) | ("array", values, dtype, shape)
+        self.consts: dict[str, tuple] = {}
         self.lists: dict[str, list] = {}  # value id of a builtin.combine -> its values
         self.fetch_of: dict[str, str] = {}  # value id -> fetch name
         self.feed_names: list[str] = []
@@ -316,10 +318,11 @@ class _Translator:
                                  attrs={"shape": [int(s) for s in shape], "value": float(fill),
                                         "dtype": _vartype(dtype), "str_value": ""})
         else:
-            _, values, dtype = const
+            _, values, dtype, shape = const
+            cast = float if _numpy_dtype(dtype).startswith("float") else bool if _numpy_dtype(dtype) == "bool" else int
             self.block.append_op(type="assign_value", outputs={"Out": [var]},
-                                 attrs={"shape": [len(values)], "dtype": _vartype(dtype),
-                                        "values": [int(v) for v in values]})
+                                 attrs={"shape": [int(s) for s in shape], "dtype": _vartype(dtype),
+                                        "values": [cast(v) for v in values]})
         return var
 
     def _const_value(self, value, op_name: str, slot: str):
@@ -403,7 +406,9 @@ class _Translator:
         elif name == "pd_op.full":
             self.consts[op.result(0).id] = ("full", attrs["value"], list(attrs["shape"]), attrs["dtype"])
         elif name == "pd_op.full_int_array":
-            self.consts[op.result(0).id] = ("array", list(attrs["value"]), attrs["dtype"])
+            self.consts[op.result(0).id] = ("array", list(attrs["value"]), attrs["dtype"], [len(attrs["value"])])
+        elif name in ("pd_op.assign_value", "pd_op.assign_value_"):  # a literal tensor (paddle.to_tensor in forward)
+            self.consts[op.result(0).id] = ("array", list(attrs["values"]), attrs["dtype"], list(attrs["shape"]))
         elif name == "builtin.split":  # its results were named by the op that made the vector
             missing = [v for v in op.results() if v.id not in self.names]
             if missing:
