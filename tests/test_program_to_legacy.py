@@ -160,7 +160,8 @@ class _MoreOps(paddle.nn.Layer):
         y = F.pad(paddle.concat([a * b, c + d, e], axis=1), [1, 1, 1, 1])
         y = paddle.pow(y, 2.0) + paddle.rsqrt(y.abs() + 1.0)
         s = paddle.stack([y.sum(axis=[2, 3]), y.max(axis=[2, 3])], axis=1)
-        g = paddle.gather(s, paddle.to_tensor([1, 0], dtype="int64"), axis=1) * paddle.to_tensor([0.5, 2.0, 1.0, 3.0, -1.0])
+        literal = paddle.to_tensor([0.5, 2.0, 1.0, 3.0, -1.0])
+        g = paddle.gather(s, paddle.to_tensor([1, 0], dtype="int64"), axis=1) * literal
         resized = F.interpolate(y, size=[8, 8], mode="nearest")
         return s, paddle.argmax(s, axis=-1), resized, self.emb(ids).sum(axis=1), g
 

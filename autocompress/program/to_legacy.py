@@ -157,7 +157,8 @@ _RULES["pd_op.multiply_"] = _RULES["pd_op.multiply"]
 _RULES["pd_op.scale_"] = _RULES["pd_op.scale"]
 # handled in code, not through a Rule
 _SPECIAL = ("pd_op.data", "builtin.parameter", "pd_op.parameter", "pd_op.fetch", "pd_op.full", "pd_op.full_int_array",
-            "pd_op.assign_value", "pd_op.assign_value_", "builtin.combine", "builtin.split", "pd_op.reshape", "pd_op.reshape_")
+            "pd_op.assign_value", "pd_op.assign_value_", "builtin.combine", "builtin.split", "pd_op.reshape",
+            "pd_op.reshape_")
 
 
 def supported_ops() -> list[str]:
