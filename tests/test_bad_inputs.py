@@ -280,6 +280,9 @@ CASES = [
     # names in the model, teachers
     Case("distillation node not in the model",
          _strategy(DistillationConfig={"distill_node_pair": ["no_such_var", "no_such_var"]}), says=("no_such_var",)),
+    Case("student node not in the model (teacher node prefixed)",
+         _strategy(DistillationConfig={"distill_node_pair": ["teacher_conv2d_0.tmp_0", "no_such_student"]}),
+         says=("distill_node_pair[1]", "no_such_student", "student")),
     Case("prune parameter not in the model",
          _strategy(PruneConfig={"prune_params_name": ["no_such_weight"]}, **DISTILL), says=("no_such_weight",)),
     Case("missing teacher folder", _strategy(DistillationConfig={"teacher_model_dir": "MODEL-missing"}),
