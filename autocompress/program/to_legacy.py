@@ -247,8 +247,10 @@ def _dtype_name(dtype) -> str:
 
 
 def _numpy_dtype(dtype) -> str:
-    return {"FLOAT32": "float32", "FLOAT64": "float64", "FLOAT16": "float16", "INT64": "int64", "INT32": "int32",
-            "INT16": "int16", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}.get(_dtype_name(dtype), "float32")
+    name = _dtype_name(dtype)
+    if name not in _VARTYPE:
+        raise ModelError(f"data type {dtype} has no legacy equivalent")
+    return "uint16" if name == "BFLOAT16" else name.lower()  # legacy programs hold bfloat16 as uint16
 
 
 def _vartype(dtype) -> int:
@@ -260,6 +262,15 @@ def _vartype(dtype) -> int:
     if name is None:
         raise ModelError(f"data type {dtype} has no legacy equivalent")
     return int(getattr(paddle.base.core.VarDesc.VarType, name))
+
+
+def _exact(fill, dtype) -> str:
+    """fill_constant's `str_value`, which Paddle reads in preference to the float32 `value` attribute: exact for
+    int64 (2147483647, a slice's open end) and float64."""
+    fill = float(fill)
+    if _numpy_dtype(dtype) in ("int64", "int32", "int16", "int8", "uint8", "bool") and fill.is_integer():
+        return str(int(fill))
+    return "nan" if fill != fill else "inf" if fill == float("inf") else "-inf" if fill == float("-inf") else repr(fill)
 
 
 def _value_info(value):
@@ -317,7 +328,7 @@ class _Translator:
             _, fill, shape, dtype = const
             self.block.append_op(type="fill_constant", outputs={"Out": [var]},
                                  attrs={"shape": [int(s) for s in shape], "value": float(fill),
-                                        "dtype": _vartype(dtype), "str_value": ""})
+                                        "dtype": _vartype(dtype), "str_value": _exact(fill, dtype)})
         else:
             _, values, dtype, shape = const
             cast = float if _numpy_dtype(dtype).startswith("float") else bool if _numpy_dtype(dtype) == "bool" else int
@@ -531,11 +542,7 @@ class _Translator:
 
 def _coerce(value, attr_type):
     """A PIR attribute value as the legacy attribute's type (framework.proto AttrType)."""
-    import paddle
-
     if hasattr(value, "name") and type(value).__name__ in ("DataType", "dtype"):
-        return _vartype(value)
-    if isinstance(value, paddle.dtype) if hasattr(paddle, "dtype") else False:
         return _vartype(value)
     if attr_type in (0, 9):  # INT, LONG
         return int(value[0] if isinstance(value, (list, tuple)) else value)
