@@ -37,6 +37,9 @@ class FeedSource:
         self._convert = BatchConverter(self.feed_names, label_field, description)
         self.feed_shapes = dict(feed_shapes or {})
         self.feed_dtypes = {k: np.dtype(v) for k, v in (feed_dtypes or {}).items()}
+        # NaN / inf refused in Dataset folders and in data bound to a model (FeedSource.for_model); a
+        # bare iterable given straight to an engine is passed through as it comes
+        self.check_finite = bool(self.feed_shapes or self.feed_dtypes)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -75,9 +78,11 @@ class FeedSource:
     def from_folder(cls, folder, batch_size: int = 32) -> FeedSource:
         """A Dataset folder (`data.dataset`) in `batch_size` batches, read lazily on every pass."""
         opened = open_dataset(folder, batch_size)
-        return cls(opened.factory, opened.feed_names, label_field=opened.label_field,
-                   description=opened.description, num_batches=opened.num_batches,
-                   converted=opened.yields_batches)
+        source = cls(opened.factory, opened.feed_names, label_field=opened.label_field,
+                     description=opened.description, num_batches=opened.num_batches,
+                     converted=opened.yields_batches)
+        source.check_finite = True
+        return source
 
     @classmethod
     def for_model(cls, obj, model, label_field: str | None = None) -> FeedSource:
@@ -172,6 +177,7 @@ class FeedSource:
         src._convert = BatchConverter(src.feed_names, src.label_field, src.description)
         src.feed_shapes.update(feed_shapes or {})
         src.feed_dtypes.update({k: np.dtype(v) for k, v in (feed_dtypes or {}).items()})
+        src.check_finite = src.check_finite or bool(src.feed_shapes or src.feed_dtypes)
         return src
 
     def _copy(self) -> FeedSource:
@@ -182,6 +188,8 @@ class FeedSource:
         return new
 
     def _checked_batch(self, batch: Batch, index: int) -> Batch:
+        if not (self.feed_shapes or self.feed_dtypes or self.check_finite):
+            return batch
         feed = dict(batch.feed)
         for name, arr in feed.items():
             want = self.feed_shapes.get(name) if self.feed_shapes else None
@@ -196,7 +204,8 @@ class FeedSource:
                     raise DataError(f"{self.description}, batch {index}: feed {name!r} holds {arr.dtype} values "
                                     f"that cannot be cast to the model's {dtype} ({err}); store numbers") from None
             value = feed[name]
-            if getattr(value, "dtype", None) is not None and value.dtype.kind in "fc" and not np.isfinite(value).all():
+            if self.check_finite and getattr(value, "dtype", None) is not None and value.dtype.kind in "fc" \
+                    and not np.isfinite(value).all():
                 raise DataError(f"{self.description}, batch {index}: feed {name!r} holds NaN or inf values; "
                                 "clean or impute the data (a model computes nothing meaningful on them)")
         return Batch(feed, batch.label)
