@@ -241,3 +241,13 @@ def test_the_translated_pir_model_quantizes_to_int8(digits_pir_files, digits_dat
         ops = {op.type for op in load_model(out).program.global_block().ops}
     assert "quantize_linear" in ops and "dequantize_linear" in ops
     assert fp32 > 0.9 and evaluate(inference_predictor(out, int8=True)) >= fp32 - 0.02
+
+
+def test_generated_names_never_take_the_models_own():
+    from autocompress.program.to_legacy import _Translator
+
+    t = _Translator(None, "model.json")
+    with legacy_ir():
+        t.block = paddle.static.Program().global_block()
+        t.reserved = {"softmax_1.tmp_0", "softmax_2.tmp_0"}  # e.g. a fetch name kept from a legacy export
+        assert t._new_name("softmax") == "softmax_3.tmp_0"

@@ -294,12 +294,17 @@ class _Translator:
         self.fetch_names: list[str] = []
         self.feed_specs: list[dict] = []
         self.counter = 0
+        self.reserved: set[str] = set()  # the model's own names
         self.op_counts: dict[str, int] = {}
 
     # -- names and variables -------------------------------------------------------------------------------
     def _new_name(self, legacy_type: str) -> str:
-        self.counter += 1
-        return f"{legacy_type}_{self.counter}.tmp_0"
+        """A fresh name, never one of the model's feed, weight or fetch names (`softmax_11.tmp_0`...)."""
+        while True:
+            self.counter += 1
+            name = f"{legacy_type}_{self.counter}.tmp_0"
+            if name not in self.reserved and not self.block.has_var(name):
+                return name
 
     def _create(self, value, legacy_type: str, name: str | None = None):
         info = _value_info(value)
@@ -377,6 +382,8 @@ class _Translator:
         for op in ops:
             if op.name() == "pd_op.fetch":
                 self.fetch_of.setdefault(op.operand_source(0).id, op.attrs()["name"])
+            if op.name() in ("pd_op.fetch", "pd_op.data", "builtin.parameter", "pd_op.parameter"):
+                self.reserved.update(op.attrs()[k] for k in ("name", "parameter_name") if op.has_attr(k))
         with paddle.static.program_guard(self.program, paddle.static.Program()):
             for op in ops:
                 try:
