@@ -115,7 +115,7 @@ def _export_pir(layer_class, folder, input_spec):
         paddle.jit.save(layer, str(folder / "inference"), input_spec=input_spec)
     finally:
         paddle.enable_static()
-    return locate_model(folder)
+    return locate_model(folder, "inference.json")
 
 
 class _VisionOps(paddle.nn.Layer):
@@ -251,3 +251,21 @@ def test_generated_names_never_take_the_models_own():
         t.block = paddle.static.Program().global_block()
         t.reserved = {"softmax_1.tmp_0", "softmax_2.tmp_0"}  # e.g. a fetch name kept from a legacy export
         assert t._new_name("softmax") == "softmax_3.tmp_0"
+
+
+class _NoWeights(paddle.nn.Layer):
+    def forward(self, x):
+        return paddle.nn.functional.relu(x) * 2.0
+
+
+def test_a_model_without_weights_translates(tmp_path):
+    files = _export_pir(_NoWeights, tmp_path / "m", [paddle.static.InputSpec([-1, 4], "float32", "x")])
+    assert files.params_filename is None
+    out = pir_to_legacy(files, tmp_path / "legacy")
+    assert out.params_filename is None and sorted(p.name for p in out.model_dir.iterdir()) == [
+        "autocompress.json", "inference.pdmodel"]
+    with legacy_ir():
+        model = load_model(out)
+        x = np.array([[-1.0, 0.5, 2.0, -3.0]], dtype="float32")
+        (y,) = model.executor.run(model.program, feed={"x": x}, fetch_list=model.fetch_targets, scope=model.scope)
+    assert np.array_equal(y, np.maximum(x, 0) * 2)

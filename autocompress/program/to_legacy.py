@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -569,7 +570,12 @@ def _compare(original: ModelFiles, translated: ModelFiles, feed: dict, source) -
     Paddle 3.3.1's `nearest_interp`, docs/pir.md)."""
     import paddle
 
-    from .convert import inference_outputs
+    from .convert import inference_outputs as run
+
+    def inference_outputs(files, feed, onednn=True):
+        if files.params_path is None:  # a model without weights: Config(model, "") (Config(model) wants a folder)
+            files = types.SimpleNamespace(model_path=files.model_path, params_path="")
+        return run(files, feed, onednn=onednn)
 
     shapes = {k: list(v.shape) for k, v in feed.items()}
     runtime = "Paddle Inference CPU, stock Config (oneDNN on)"
