@@ -16,9 +16,11 @@ INT8_DEPLOY_NOTE = (
     "but slower than FP32.")
 
 
-# a compressed model counts as slower when it takes this much longer than the original (timing noise
-# of interleaved medians on a shared CPU stays well below it)
-SLOWER_MARGIN = 1.02
+# A compressed model counts as slower when its median is this much above the original's AND it lost
+# most interleaved rounds: a model of the same architecture (plain distillation) must not "lose" on
+# the timing noise of a shared CPU.
+SLOWER_MARGIN = 1.03
+SLOWER_ROUNDS = 0.8
 
 
 def compare_models(original: ModelFiles, compressed: ModelFiles, meta: dict, evaluation,
@@ -39,7 +41,7 @@ def compare_models(original: ModelFiles, compressed: ModelFiles, meta: dict, eva
     lat_before, lat_after = first["ms_before"], first["ms_after"]
     warnings, slower = [], []
     for row in runtimes:
-        if row["ms_after"] > row["ms_before"] * SLOWER_MARGIN:
+        if row["slower"]:
             where = f"{row['runtime']} at batch {row['batch']}"
             warnings.append(f"the compressed model is slower than the original on {where}: {row['ms_after']:.3f} ms "
                             f"vs {row['ms_before']:.3f} ms per call ({latency_threads} thread(s)).")
@@ -94,9 +96,12 @@ def latency_by_runtime(original: ModelFiles, compressed: ModelFiles, int8: bool,
         if target is not primary and evaluation.evaluator.mode != "paddleslim":
             metric = evaluation.score(compressed, int8, target)[0]
         for b in sorted({1, batch}):
+            per_round: list = []
             before, after = compare_latency([(original, False), (compressed, int8)], evaluation.feed_of(b),
-                                            threads=threads, target=target)
+                                            threads=threads, target=target, per_round=per_round)
+            lost = sum(a > o for o, a in zip(*per_round)) / max(len(per_round[0]), 1)
             rows.append({"runtime": name, "backend": target.describe(int8, threads, b), "batch": b,
                          "ms_before": before, "ms_after": after, "speedup": before / after if after else None,
+                         "rounds_lost": lost, "slower": bool(after > before * SLOWER_MARGIN and lost >= SLOWER_ROUNDS),
                          **({"metric": metric} if metric is not None else {})})
     return sorted(rows, key=lambda r: r["batch"])

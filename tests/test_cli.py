@@ -44,7 +44,7 @@ def test_run_example_config_via_subprocess(tmp_path):
     assert summary["strategy"] == "ptq_hpo" and summary["metric_drop"] <= 0.01
     # the target also needs the int8 model not to be slower at the deployment batch (the eval batch, 32)
     at_batch = [r for r in summary["latency"] if r["batch"] == 32]
-    assert at_batch and summary["target_met"] == all(r["ms_after"] <= r["ms_before"] * 1.02 for r in at_batch)
+    assert at_batch and summary["target_met"] == (not any(r["slower"] for r in at_batch))
     assert "summary.json" in proc.stdout and "| metric" in proc.stdout
 
 
