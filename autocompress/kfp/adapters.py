@@ -7,6 +7,7 @@ No kfp import: the adapters are plain functions over folders, so tests call them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,8 @@ STATS_FILE = "stats.npz"
 STATS_INFO = "stats.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
-ABSENT_FILE = "absent.json"  # the artifact of an optional Dataset the run does not have
+ABSENT_FILE = "absent.json"
+DELIVERABLE_SUBDIR = "model"  # in the evaluate stage's artifact: the model in the input's format, if converted  # the artifact of an optional Dataset the run does not have
 
 
 # ---- shared inputs ------------------------------------------------------------------------------
@@ -60,6 +62,13 @@ def _evaluation(job: Job, original_files, eval_dir, place):
     target = DeployTarget.for_job(job.deploy_backend, place)
     return build_evaluation(original_files, _dataset(eval_dir, job.batch_size), job.eval.metric,
                             _feed_names(original_files.model_dir), target)
+
+
+def _engine_model(model: ModelArtifact, folder) -> ModelArtifact:
+    """The artifact on the legacy program the engines work on (a PIR model: its verified translation)."""
+    from ..stages.formats import working_copy
+
+    return dataclasses.replace(model, files=working_copy(model.files, Path(folder)))
 
 
 def _place(job: Job):
@@ -132,8 +141,8 @@ def calibrate(model_dir, data_dir, config, dest, device: str = "cpu", batch_size
     from ..stages.ptq import calibrate as calibrate_stage
 
     job = _job(config, "calibrate", device=device, batch_size=batch_size)
-    model = ModelArtifact.load(model_dir)
-    with StageTimer("calibrate") as t:
+    with StageTimer("calibrate") as t, tempfile.TemporaryDirectory(prefix="ac-calib-") as work:
+        model = _engine_model(ModelArtifact.load(model_dir), work)
         stats = calibrate_stage(model.files, _bound(data_dir, batch_size, model.files),
                                 job.configs["QuantizationConfig"], job.configs["HyperParameterOptimizationConfig"],
                                 _place(job))
@@ -167,7 +176,8 @@ def ptq_trial(model_dir, stats_dir, calib_dir, eval_dir, config, trial, dest, *,
     place = _place(job)
     with StageTimer("ptq_search") as t, tempfile.TemporaryDirectory(prefix="ac-trial-") as work:
         stats = CalibrationStats.load(Path(stats_dir) / STATS_FILE) if stats_dir else None
-        evaluation = _evaluation(job, model.files, eval_dir, place)
+        evaluation = _evaluation(job, model.files, eval_dir, place)  # the baseline: the user's model
+        model = _engine_model(model, Path(work) / "input")
         found = ptq_search(model, stats, _bound(calib_dir, batch_size, model.files), evaluation,
                            job.configs["QuantizationConfig"], job.configs["HyperParameterOptimizationConfig"], part,
                            job.target_metric(evaluation.baseline), work, place, progress=False,
@@ -201,8 +211,8 @@ def prune(model_dir, config, dest, device: str = "cpu", batch_size: int = 32) ->
 
     job = _job(config, "prune", device=device, batch_size=batch_size)
     describe(model_dir)
-    model = ModelArtifact.load(model_dir)
     with StageTimer("prune") as t, tempfile.TemporaryDirectory(prefix="ac-prune-") as work:
+        model = _engine_model(ModelArtifact.load(model_dir), Path(work) / "input")
         pruned = prune_stage(model, job.configs["PruneConfig"], work, _place(job))
         saved = pruned.save(dest)
     write_json_atomic(Path(dest) / "autocompress.json", {**saved.meta, "stages": saved.stages + [t.record]})
@@ -270,8 +280,10 @@ def distill_train(student_dir, teacher_dir, train_dir, eval_dir, config, dest, *
         else:
             root = Path(checkpoint_uri) if checkpoint_uri else work / "save"
             root.mkdir(parents=True, exist_ok=True)
-        evaluation = _evaluation(job, original.files, eval_dir, place)
-        trained = train_stage(job, student, original.files, _bound(train_dir, batch_size, student.files), evaluation,
+        evaluation = _evaluation(job, original.files, eval_dir, place)  # the baseline: the user's model
+        student = _engine_model(student, work / "student")
+        teacher = _engine_model(original, work / "teacher").files  # the default teacher
+        trained = train_stage(job, student, teacher, _bound(train_dir, batch_size, student.files), evaluation,
                               root, place, progress=False)
         saved = trained.save(dest)
     write_json_atomic(Path(dest) / "autocompress.json", {**saved.meta, "stages": saved.stages + [t.record]})
@@ -286,6 +298,7 @@ def evaluate(model_dir, baseline_dir, eval_dir, config, dest, *, test_dir=None, 
     `report.md` into `dest`. Returns the summary (plus `confusion_matrix` for labelled top1/top5 data)."""
     from ..backend import inference_predictor
     from ..paddle_env import device_string
+    from ..stages.formats import in_input_format
     from ..stages.report import confusion_matrix, evaluate as evaluate_stage
     from ..summary import write_summary
 
@@ -293,12 +306,17 @@ def evaluate(model_dir, baseline_dir, eval_dir, config, dest, *, test_dir=None, 
     model, original = ModelArtifact.load(model_dir), ModelArtifact.load(baseline_dir)
     place = _place(job)
     has_test = test_dir is not None and not (Path(test_dir) / ABSENT_FILE).exists()
-    with StageTimer("baseline") as t:
-        evaluation = _evaluation(job, original.files, test_dir if has_test else eval_dir, place)
-    summary = evaluate_stage(original.files, model, evaluation, job, device_string(place), model.stages + [t.record],
-                             split="test" if has_test else "eval")
     with atomic_dir(dest) as tmp:
+        with StageTimer("baseline") as t:
+            evaluation = _evaluation(job, original.files, test_dir if has_test else eval_dir, place)
+            # in the input's format (PIR in, PIR out); export takes this copy when there is one
+            converted = in_input_format(model, original.files, Path(tmp) / DELIVERABLE_SUBDIR)
+        summary = evaluate_stage(original.files, converted, evaluation, job, device_string(place),
+                                 model.stages + [t.record], split="test" if has_test else "eval")
         write_summary(tmp, summary)
+        if converted is not model:
+            converted.save(Path(tmp) / DELIVERABLE_SUBDIR)
+    model = ModelArtifact.load(Path(dest) / DELIVERABLE_SUBDIR) if converted is not model else model
     confusion = None
     if evaluation.evaluator.data is not None:
         predict = inference_predictor(model.files, int8=summary["precision"] == "int8", target=evaluation.target)
@@ -311,7 +329,9 @@ def export(model_dir, summary_dir, dest, publish_uri: str | None = None) -> dict
     from ..stages.export import export as export_stage
 
     summary = json.loads((Path(summary_dir) / SUMMARY_FILE).read_text())
-    return export_stage(ModelArtifact.load(model_dir), summary, dest, publish_uri=publish_uri or None)
+    converted = Path(summary_dir) / DELIVERABLE_SUBDIR  # the evaluate stage's copy in the input's format
+    model = ModelArtifact.load(converted if converted.is_dir() else model_dir)
+    return export_stage(model, summary, dest, publish_uri=publish_uri or None)
 
 
 # ---- Kubeflow UI helpers ------------------------------------------------------------------------

@@ -23,24 +23,43 @@ def prune(model: ModelArtifact, prune_config, work_dir, place=None) -> ModelArti
 
 
 def resolve_teachers(configs: dict, original, folder) -> dict:
-    """The configs with every teacher as a local folder: a single-teacher config without one uses the
-    original model (source-free distillation); teachers named by URI are fetched into `folder`."""
+    """The configs with every teacher as a local legacy program: a single-teacher config without one
+    uses the original model (source-free distillation); teachers named by URI are fetched into
+    `folder`; PIR teachers are translated (stages.formats)."""
     out = dict(configs)
+    folder = Path(folder)
     single = configs.get("DistillationConfig")
     if single is not None:
         if not single.teacher_model_dir:
-            out["DistillationConfig"] = single.model_copy(update={
-                "teacher_model_dir": str(original.model_dir), "teacher_model_filename": original.model_filename,
-                "teacher_params_filename": original.params_filename})
+            where = {"teacher_model_dir": str(original.model_dir), "teacher_model_filename": original.model_filename,
+                     "teacher_params_filename": original.params_filename}
         else:
-            local = local_path(single.teacher_model_dir, Path(folder) / "0", "DistillationConfig.teacher_model_dir")
-            out["DistillationConfig"] = single.model_copy(update={"teacher_model_dir": str(local)})
+            where = _teacher(single.teacher_model_dir, single.teacher_model_filename, single.teacher_params_filename,
+                             folder / "0", "DistillationConfig.teacher_model_dir")
+        out["DistillationConfig"] = single.model_copy(update=where)
     multi = configs.get("MultiTeacherDistillationConfig")
     if multi is not None:
-        dirs = [str(local_path(t, Path(folder) / str(i), f"MultiTeacherDistillationConfig.teacher_model_dir[{i}]"))
-                for i, t in enumerate(multi.teacher_model_dir)]
-        out["MultiTeacherDistillationConfig"] = multi.model_copy(update={"teacher_model_dir": dirs})
+        n = len(multi.teacher_model_dir)
+        names, params = multi.teacher_model_filename or [None] * n, multi.teacher_params_filename or [None] * n
+        found = [_teacher(t, names[i], params[i], folder / str(i), f"MultiTeacherDistillationConfig.teacher_model_dir[{i}]")
+                 for i, t in enumerate(multi.teacher_model_dir)]
+        out["MultiTeacherDistillationConfig"] = multi.model_copy(update={
+            "teacher_model_dir": [f["teacher_model_dir"] for f in found],
+            "teacher_model_filename": [f["teacher_model_filename"] for f in found],
+            "teacher_params_filename": [f["teacher_params_filename"] for f in found]})
     return out
+
+
+def _teacher(location, model_filename, params_filename, folder: Path, key: str) -> dict:
+    from ..model_io import locate_model
+    from .formats import working_copy
+
+    local = local_path(location, folder / "fetched", key)
+    files = locate_model(local, model_filename, params_filename)
+    if files.format == "pir-json":
+        files = working_copy(files, folder / "legacy")
+    return {"teacher_model_dir": str(files.model_dir), "teacher_model_filename": files.model_filename,
+            "teacher_params_filename": files.params_filename}
 
 
 def distill_train(job, student: ModelArtifact, original, train_source, evaluation, work_dir, place=None,
