@@ -12,12 +12,26 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def as_if_created(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temporary file or folder (mkstemp / mkdtemp make them 0600 / 0700) the permissions a
+    plain create would have under the process umask, so a second container or user reading a shared
+    volume can read the outputs."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike):
     """Yield a fresh temporary folder; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    as_if_created(tmp, directory=True)
     try:
         yield tmp
     except BaseException:
@@ -42,6 +56,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    as_if_created(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

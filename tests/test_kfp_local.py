@@ -142,9 +142,9 @@ def test_transient_errors_keep_their_retries(monkeypatch):
         adapters._user_errors_exit(lambda: (_ for _ in ()).throw(DataError("bad")))()
 
 
-def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_files, data):
+def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_files, data, capfd):
     pytest.importorskip("nanio", reason="the S3 test server is the nanio package")
-    from _s3server import nanio_server, s3_env
+    from _s3server import SECRET_KEY, nanio_server, s3_env
 
     from autocompress import storage
 
@@ -168,6 +168,22 @@ def test_pipeline_reads_from_and_publishes_to_s3(tmp_path, monkeypatch, digits_f
         assert storage._meta(stat.metadata, "sha256") == __import__("autocompress.model_io", fromlist=["x"]).sha256_file(
             run.model_dir / "inference.pdiparams")
         assert json.loads((run.save_dir / "summary.json").read_text())["input_model"] == "s3://mlbucket/models/digits"
+        # the credentials were in this process's environment all along: none of it may be written anywhere
+        _assert_no_secret(tmp_path, exclude=tmp_path / "s3", printed=capfd.readouterr())
+        with pytest.raises(Exception) as info:  # a failing transfer names the problem, not the key
+            store.upload(data / "eval", "s3://no-such-bucket/data/eval")
+        assert SECRET_KEY not in str(info.value)
+
+
+def _assert_no_secret(root: Path, exclude: Path, printed) -> None:
+    from _s3server import SECRET_KEY
+
+    leaks = [str(p) for p in root.rglob("*") if p.is_file() and exclude not in p.parents
+             and SECRET_KEY.encode() in p.read_bytes()]
+    assert not leaks, f"the secret key was written to {leaks}"
+    assert SECRET_KEY not in printed.out and SECRET_KEY not in printed.err
+    compiled = Path(__file__).resolve().parents[1] / "pipelines" / "compiled"
+    assert not any(SECRET_KEY in f.read_text() for f in compiled.glob("*.yaml"))
 
 
 def test_pipeline_reports_on_the_test_split(tmp_path, digits_files, data, digits_data):

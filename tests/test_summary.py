@@ -38,3 +38,22 @@ def test_missing_field_is_refused(tmp_path):
     with pytest.raises(ValueError, match="latency_ms_after"):
         write_summary(tmp_path, s)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_outputs_get_the_umask_permissions_not_private_temp_ones(tmp_path):
+    """mkstemp / mkdtemp create 0600 / 0700: a second container or user reading a shared volume could
+    not read summary.json, report.md or the model folder."""
+    import os
+    import stat
+
+    from autocompress.atomic import atomic_dir, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "summary.json", {"a": 1})
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "inference.pdmodel").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import as_if_created
 from ..errors import DataError
 from .targets import QuantTargets
 
@@ -61,6 +62,7 @@ class CalibrationStats:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+        as_if_created(tmp)
         os.close(fd)
         try:
             np.savez_compressed(
