@@ -160,3 +160,19 @@ def test_asp_masks_survive_the_pipeline_training_stage(loaded, tmp_path):
         for name, use in weights.items():
             w = arrays[f"a{state['array_names'].index(name)}"]
             assert check_2_4(w, use) == 1.0, name
+
+
+def test_a_corrupted_artifact_is_refused_by_the_next_stage(tmp_path, digits_files):
+    from autocompress.errors import ModelError
+    from autocompress.kfp import adapters
+    from autocompress.stages.artifact import ModelArtifact
+
+    model = tmp_path / "model"
+    adapters.load_model(str(digits_files.model_dir), model)
+    assert ModelArtifact.load(model).files.model_filename == digits_files.model_filename
+    params = model / digits_files.params_filename
+    data = bytearray(params.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte, same size
+    params.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="no longer match the sha256 recorded"):
+        ModelArtifact.load(model)

@@ -200,3 +200,14 @@ def test_timing_noise_does_not_make_a_model_slower(tmp_path, digits_files, digit
     monkeypatch.setattr(measure, "compare_latency", noisy)
     s = _ptq(tmp_path, digits_files, digits_data)
     assert s["target_met"] is True and not any(r["slower"] for r in s["latency"])
+
+
+def test_summary_carries_the_sha256_of_the_delivered_model(tmp_path, digits_files, digits_data):
+    from autocompress.model_io import sha256_file
+
+    s = _ptq(tmp_path, digits_files, digits_data)
+    model = tmp_path / "out" / "model"
+    assert s["model_sha256"] == {name: sha256_file(model / name) for name in s["model_sha256"]}
+    assert set(s["model_sha256"]) == {digits_files.model_filename, digits_files.params_filename}
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["model_sha256"] == s["model_sha256"]

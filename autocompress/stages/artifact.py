@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_json_atomic
+from ..errors import ModelError
 from ..model_io import METADATA_FILE, ModelFiles, copy_model, dir_size, locate_model, read_metadata, sha256_file
 from ..summary import peak_rss_bytes
 from ..version import __version__
@@ -51,9 +52,16 @@ class ModelArtifact:
 
     @classmethod
     def load(cls, folder) -> ModelArtifact:
+        """The artifact in `folder`; its model files must match the sha256 recorded when it was saved
+        (artifacts travel through object stores and shared volumes between stages)."""
         folder = Path(folder)
         meta = read_metadata(folder) or {}
         files = locate_model(folder, meta.get("model_filename"), meta.get("params_filename"))
+        recorded = meta.get("sha256") or {}
+        bad = [p.name for p in files.files() if p.name in recorded and sha256_file(p) != recorded[p.name]]
+        if bad:
+            raise ModelError(f"model artifact {folder}: {', '.join(bad)} no longer match the sha256 recorded when it "
+                             "was written (a corrupted or modified copy); re-run the stage that produced it")
         return cls(files, meta, _read_list(folder / TRIALS_FILE), _read_list(folder / CURVE_FILE))
 
     def save(self, dest, tables: bool = True) -> ModelArtifact:

@@ -27,6 +27,7 @@ def export(model: ModelArtifact, summary: dict, dest, publish_uri: str | None = 
     # the copy is read before the rename, so `model` may be the engine's output in dest/model itself
     saved = ModelArtifact(model.files, meta, model.trials, model.curve).save(dest / "model", tables=False)
     write_text_atomic(saved.files.model_dir / MODEL_CARD_FILE, model_card(saved.meta, summary))
+    summary["model_sha256"] = saved.meta["sha256"]  # what a consumer checks the delivered files against
     write_json_atomic(dest / "trials.json", model.trials)
     write_summary(dest, summary)
     published = []

@@ -101,11 +101,11 @@ def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None,
     summary = evaluate(model_files, result, final, job, device_string(place), records + result.stages,
                        split="eval" if test_data is None else "test")
     summary["seconds"] = time.perf_counter() - start
-    export(result, summary, save_dir)
+    delivered = export(result, summary, save_dir)["summary"]
     shutil.rmtree(work, ignore_errors=True)
     guard.verify()
     log.info("summary written to %s", save_dir / "summary.json")
-    return {**summary, "model_dir": str(save_dir / "model"), "save_dir": str(save_dir)}
+    return delivered
 
 
 def _search(job, original, calib, evaluation, save_dir, place, progress) -> ModelArtifact:
