@@ -52,10 +52,7 @@ def convert_to_pir(model_dir, out_dir, model_filename: str | None = None, params
     src = locate_model(model_dir, model_filename, params_filename)
     if src.format != "pdmodel":
         raise ModelError(f"{src.model_path} is already a Paddle 3 PIR model; nothing to convert")
-    out_dir = Path(out_dir)
-    if src.model_dir.resolve() == out_dir.resolve() or src.model_dir.resolve().is_relative_to(out_dir.resolve()):
-        raise ModelError(f"out_dir {out_dir} would replace the input model's folder {src.model_dir}; "
-                         "pick a new folder")
+    out_dir = check_out_dir(src, out_dir)
     guard = InputGuard(src)
     start = time.perf_counter()
     stem = Path(src.model_filename).stem
@@ -98,6 +95,15 @@ def convert_to_pir(model_dir, out_dir, model_filename: str | None = None, params
     log.info("converted %s to PIR %s in %.1f s; max |legacy - pir| = %.3g (tolerance %.3g)", src.model_path,
              out_dir / out.model_filename, seconds, check["max_abs_diff"], check["tolerance"])
     return dataclasses.replace(out, model_dir=out_dir)
+
+
+def check_out_dir(src: ModelFiles, out_dir) -> Path:
+    """An output folder that would replace (or contain) the input model's folder is refused."""
+    out_dir = Path(out_dir)
+    if src.model_dir.resolve() == out_dir.resolve() or src.model_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise ModelError(f"out_dir {out_dir} would replace the input model's folder {src.model_dir}; "
+                         "pick a new folder")
+    return out_dir
 
 
 def _feed_specs(model) -> list[dict]:

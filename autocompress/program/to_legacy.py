@@ -175,14 +175,11 @@ def pir_to_legacy(files: ModelFiles, out_dir, feed: dict | None = None,
     `feed_shapes`). The input files are never written to."""
     import paddle
 
-    from .convert import _sample_feed
+    from .convert import _sample_feed, check_out_dir
 
     if files.format != "pir-json":
         raise ModelError(f"{files.model_path} is not a Paddle 3 PIR model (it is {files.format}); nothing to translate")
-    out_dir = Path(out_dir)
-    if files.model_dir.resolve() == out_dir.resolve() or files.model_dir.resolve().is_relative_to(out_dir.resolve()):
-        raise ModelError(f"out_dir {out_dir} would replace the input model's folder {files.model_dir}; "
-                         "pick a new folder")
+    out_dir = check_out_dir(files, out_dir)
     guard = InputGuard(files)
     start = time.perf_counter()
     stem = Path(files.model_filename).stem
