@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from .data import FeedSource
+from .data.batch import rebatched
 from .data.source import BatchConverter
 from .errors import AutoCompressError, ConfigError, EvalError
 from .metrics import Metric, load_metric
@@ -278,28 +279,18 @@ class Evaluation:
     source: FeedSource | None = None  # where deployment-batch feeds come from
 
     def feed_of(self, batch: int) -> dict:
-        """A feed of `batch` samples from the data (repeated when it has fewer), for latency."""
+        """A feed of `batch` samples from the data (repeated when it has fewer), for latency. Samples
+        of another shape than the first (variable-size data) end the batch, as data.rebatched does."""
         if batch == 1 or self.source is None:
             return {k: np.repeat(v, batch, axis=0) for k, v in self.sample_feed.items()}
-        parts: dict[str, list] = {}
-        count = 0
-        for b in self.source.batches():
-            for k, v in b.feed.items():
-                parts.setdefault(k, []).append(v)
-            count += len(next(iter(b.feed.values())))
-            if count >= batch:
-                break
-        joined = {k: np.concatenate(v) for k, v in parts.items()}
-        reps = -(-batch // count)
-        return {k: np.concatenate([v] * reps)[:batch] for k, v in joined.items()}
+        first = next(rebatched(self.source.batches(), batch))
+        reps = -(-batch // first.size)
+        return {k: np.concatenate([v] * reps)[:batch] for k, v in first.feed.items()}
 
     @property
     def data_batch(self) -> int:
         """The batch size the data arrives in (the default deployment batch)."""
-        source = self.source
-        if source is None:
-            return 1
-        return int(next(iter(source.first().feed.values())).shape[0])
+        return _first_batch_size(self.source) if self.source is not None else 1
 
     @property
     def metric_name(self) -> str:
@@ -325,10 +316,11 @@ class Evaluation:
 
 
 def _batch_of(evaluator: Evaluator) -> int | str:
-    if evaluator.data is None:
-        return "as the eval_callback feeds it"
-    first = evaluator.data.first()
-    return int(next(iter(first.feed.values())).shape[0])
+    return _first_batch_size(evaluator.data) if evaluator.data is not None else "as the eval_callback feeds it"
+
+
+def _first_batch_size(source: FeedSource) -> int:
+    return int(source.first().size)
 
 
 def build_evaluation(original, eval_callback, metric: str, feed_names: list[str], target,
