@@ -80,12 +80,11 @@ def _place(job: Job):
 def describe(model_dir) -> dict:
     """The model's program facts (inputs, outputs, params, FLOPs), from its metadata when a stage
     already recorded them, else by loading the program (and recording them for later stages)."""
-    from ..model_io import read_metadata, summarize
+    from ..model_io import locate_model, read_metadata, summarize
 
-    artifact = ModelArtifact.load(model_dir)
     meta = read_metadata(model_dir) or {}
     if meta.get("inputs") is None:
-        facts = summarize(artifact.files)
+        facts = summarize(locate_model(model_dir, meta.get("model_filename"), meta.get("params_filename")))
         meta.update({k: facts.get(k) for k in ("inputs", "outputs", "params", "param_bytes", "flops")})
         with contextlib.suppress(OSError):  # a read-only input artifact: the facts are just not cached
             write_json_atomic(Path(model_dir) / "autocompress.json", meta)
