@@ -303,10 +303,10 @@ def terminal_table(summary: dict) -> str:
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em;color:#222;max-width:1400px}
 h1{font-size:1.5em} .headline p{margin:.3em 0} .notmet{color:#b00020;font-weight:bold}
-.met{color:#1b7f3b;font-weight:bold} table{border-collapse:collapse;font-size:.85em;margin:1em 0}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;white-space:nowrap}
-th{background:#f0f0f0} td.l{text-align:left;white-space:normal;min-width:16em} tr.chosen{background:#fff6d5}
-tr.original{background:#eef4ff} tr.inactive{color:#888} .warn{color:#b35900;font-weight:bold}
+.met{color:#1b7f3b;font-weight:bold} table{border-collapse:collapse;font-size:.8em;margin:1em 0}
+th,td{border:1px solid #ccc;padding:.2em .4em;text-align:right;white-space:nowrap}
+th{background:#f0f0f0} td.l{text-align:left;white-space:normal;min-width:9em} .scroll{overflow-x:auto} tr.chosen{background:#fff6d5}
+tr.original{background:#eef4ff} tr.inactive{color:#888} .warn{color:#b35900;font-weight:bold;display:block}
 img{max-width:100%;height:auto;display:block;margin:1em 0} .warning{color:#b35900}
 """
 
@@ -353,23 +353,32 @@ def scatter_png(summary: dict) -> str | None:
     if threshold is not None:
         ax.axhline(threshold, color="#e08e0b", ls="--", lw=1.2,
                    label=f"budget: {m} >= {threshold:.4f}", zorder=1)
-    for c, t, v in points:
-        if c["id"] == summary.get("chosen"):
-            ax.annotate(f"chosen: {c['id']}\n{_x(c.get('speedup'))} at batch {_batch_label(summary)}",
-                        xy=(t, v), xytext=(25, -40), textcoords="offset points", fontsize=9,
-                        arrowprops={"arrowstyle": "->", "color": "#333"},
-                        bbox={"boxstyle": "round", "fc": "#fff6d5", "ec": "#999"}, zorder=6)
-        else:
-            ax.annotate(str(c["id"]), xy=(t, v), xytext=(5, 5), textcoords="offset points", fontsize=7, color="#555")
     xs = [t for _, t, _ in points] + ([orig_t] if orig_t is not None else [])
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
+    for c, t, v in points:
+        if c["id"] == summary.get("chosen"):
+            fx, fy = _axes_fraction(ax, t, v)  # put the note on the side with room, away from the axes
+            ax.annotate(f"chosen: {c['id']}\n{_x(c.get('speedup'))} at batch {_batch_label(summary)}",
+                        xy=(t, v), xytext=(-150 if fx > 0.6 else 25, 40 if fy < 0.5 else -45),
+                        textcoords="offset points", fontsize=9, arrowprops={"arrowstyle": "->", "color": "#333"},
+                        bbox={"boxstyle": "round", "fc": "#fff6d5", "ec": "#999"}, zorder=6)
+        else:
+            ax.annotate(str(c["id"]), xy=(t, v), xytext=(7, 7), textcoords="offset points", fontsize=7, color="#555")
     ax.set_xlabel(f"latency at batch {_batch_label(summary)} (ms, lower is better)")
     ax.set_ylabel(f"{m} (higher is better)")
     ax.set_title(f"{m} vs latency on {summary.get('target') or 'the target'}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _png_data_uri(fig)
+
+
+def _axes_fraction(ax, x: float, y: float) -> tuple[float, float]:
+    """Where a data point sits inside the axes, 0..1 each way (log x honoured)."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    if ax.get_xscale() == "log":
+        x, x0, x1 = (math.log(max(v, 1e-300)) for v in (x, x0, x1))
+    return ((x - x0) / (x1 - x0) if x1 != x0 else 0.5), ((y - y0) / (y1 - y0) if y1 != y0 else 0.5)
 
 
 def size_png(summary: dict) -> str | None:
@@ -417,7 +426,7 @@ def render_html(summary: dict) -> str:
     parts += ["<h2>Candidates</h2>",
               f"<p>{CHOSEN_MARK} chosen, {PARETO_MARK} Pareto front (higher metric, lower latency at batch "
               f"{e(_batch_label(summary))}). Latency in ms, warm, interleaved with the original.</p>",
-              '<table id="candidates"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in table_header(summary))
+              '<div class="scroll"><table id="candidates"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in table_header(summary))
               + "</tr></thead><tbody>"]
     candidates = summary.get("candidates") or []
     for i, row in enumerate(table_rows(summary)):
@@ -432,7 +441,7 @@ def render_html(summary: dict) -> str:
             cells.append(f'<td class="l">{text}</td>' if j in (1, 14) else f"<td>{text}</td>")
         rid = e(str(c.get("id")) if i else "original", quote=True)
         parts.append(f'<tr class="{cls}" data-id="{rid}">' + "".join(cells) + "</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     scatter, sizes = scatter_png(summary), size_png(summary)
     parts.append("<h2>Metric vs latency</h2>")
     parts.append(f'<img id="pareto" alt="metric vs latency with the Pareto front" src="{scatter}">' if scatter
