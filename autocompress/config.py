@@ -362,14 +362,15 @@ STRATEGY_CLASSES = {c.__name__: c for c in (
     HyperParameterOptimizationConfig, PruneConfig, UnstructurePruneConfig)}
 
 
-def _format_validation_error(section: str, err: ValidationError) -> str:
+def _format_validation_error(section: str, err: ValidationError, cls=None) -> str:
     lines = []
+    owner = cls
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         where = f"{section}.{key}" if key else section
         if e["type"] == "extra_forbidden":
-            cls = STRATEGY_CLASSES.get(section) or {"TrainConfig": TrainConfig}.get(section)
-            allowed = sorted(cls.model_fields) if cls else []
+            known = owner or STRATEGY_CLASSES.get(section) or {"TrainConfig": TrainConfig}.get(section)
+            allowed = sorted(known.model_fields) if known and len(e["loc"]) == 1 else []
             lines.append(f"{where}: unknown key; allowed keys: {allowed}")
         elif e["type"] == "missing":
             lines.append(f"{where}: required key is missing")
@@ -390,7 +391,7 @@ def build(cls, value, section: str | None = None):
     try:
         return cls(**value)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(section, err)) from None
+        raise ConfigError(_format_validation_error(section, err, cls)) from None
 
 
 class EvalSection(_Config):

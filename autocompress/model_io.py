@@ -115,6 +115,10 @@ class InputGuard:
     def __init__(self, files: ModelFiles):
         self.hashes = {str(p): sha256_file(p) for p in files.files()}
 
+    def hashes_by_name(self) -> dict[str, str]:
+        """The hashes keyed by file name (the same model in another folder has the same ones)."""
+        return {Path(p).name: h for p, h in self.hashes.items()}
+
     def verify(self) -> None:
         changed = [p for p, h in self.hashes.items() if not Path(p).exists() or sha256_file(p) != h]
         if changed:

@@ -16,6 +16,7 @@ from ..version import __version__
 
 EVAL_SIZE = 500
 CALIB_SIZE = 256
+WIDE_WIDTH = 32  # the demo's auto-mode model
 
 
 def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -33,18 +34,22 @@ def digits_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "eval": (x[:EVAL_SIZE], y[:EVAL_SIZE])}
 
 
-def _build_net():
+def _build_net(width: int = 16):
+    """Three conv blocks of `width`, 2x and 4x channels. The tests' model has width 16; the demo's
+    auto mode uses a wider one (WIDE_WIDTH), big enough for pruning to pay on a laptop CPU."""
     import paddle
     from paddle import nn
+
+    w = width
 
     class DigitsNet(nn.Layer):
         def __init__(self):
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2D(1, 16, 3, padding=1), nn.BatchNorm2D(16), nn.ReLU(),
-                nn.Conv2D(16, 32, 3, padding=1), nn.BatchNorm2D(32), nn.ReLU(), nn.MaxPool2D(2),
-                nn.Conv2D(32, 64, 3, padding=1), nn.BatchNorm2D(64), nn.ReLU(), nn.MaxPool2D(2))
-            self.classifier = nn.Linear(64 * 2 * 2, 10)
+                nn.Conv2D(1, w, 3, padding=1), nn.BatchNorm2D(w), nn.ReLU(),
+                nn.Conv2D(w, 2 * w, 3, padding=1), nn.BatchNorm2D(2 * w), nn.ReLU(), nn.MaxPool2D(2),
+                nn.Conv2D(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2D(4 * w), nn.ReLU(), nn.MaxPool2D(2))
+            self.classifier = nn.Linear(4 * w * 2 * 2, 10)
 
         def forward(self, x):
             return self.classifier(paddle.flatten(self.features(x), 1))
@@ -52,7 +57,7 @@ def _build_net():
     return DigitsNet()
 
 
-def train_digits_model(out_dir, seed: int = 0, epochs: int = 12, batch_size: int = 64) -> ModelFiles:
+def train_digits_model(out_dir, seed: int = 0, epochs: int = 12, batch_size: int = 64, width: int = 16) -> ModelFiles:
     """Train the demo CNN in dygraph and export it as a legacy `.pdmodel` inference model."""
     import paddle
 
@@ -62,7 +67,7 @@ def train_digits_model(out_dir, seed: int = 0, epochs: int = 12, batch_size: int
         paddle.seed(seed)
         splits = digits_splits(seed)
         x, y = splits["train"]
-        net = _build_net()
+        net = _build_net(width)
         opt = paddle.optimizer.Adam(learning_rate=0.005, parameters=net.parameters())
         rng = np.random.default_rng(seed)
         for _ in range(epochs):
@@ -93,11 +98,12 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
-def digits_model(cache_dir=None, seed: int = 0) -> ModelFiles:
-    """The demo model, trained once and cached (keyed by version and seed)."""
-    folder = Path(cache_dir or default_cache_dir()) / f"digits-cnn-{__version__}-seed{seed}"
+def digits_model(cache_dir=None, seed: int = 0, width: int = 16) -> ModelFiles:
+    """The digits CNN, trained once and cached (keyed by version, seed and width)."""
+    name = f"digits-cnn-{__version__}-seed{seed}" + ("" if width == 16 else f"-w{width}")
+    folder = Path(cache_dir or default_cache_dir()) / name
     if not (folder / "inference.pdmodel").exists():
-        train_digits_model(folder, seed=seed)
+        train_digits_model(folder, seed=seed, width=width)
     return locate_model(folder)
 
 
