@@ -103,12 +103,61 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def optimize_config(args) -> dict:
+    """The run config `autocompress optimize` describes: the model, the data splits, the budget and
+    the Auto section (the same validation as `Auto:` in a run YAML)."""
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    splits = {name: getattr(args, name) for name in ("train", "eval", "test", "calib")}
+    if args.data:  # a folder with one Dataset folder per split
+        for name in splits:
+            if splits[name] is None and (Path(args.data) / name).is_dir():
+                splits[name] = str(Path(args.data) / name)
+    for name in ("train", "eval"):
+        if splits[name] is None:
+            where = f"{args.data}/{name}/ does not exist" if args.data else "no --data folder given"
+            raise ConfigError(f"optimize needs {name} data: pass --{name} DIR or --data DIR holding {name}/ "
+                              f"(a Dataset folder with dataset.yaml); {where}")
+    auto = {"target": args.target, "time_budget": args.time_budget}
+    for key in ("batch_size", "candidates", "prune_ratios", "epochs", "ptq_trials"):
+        value = getattr(args, key)
+        if value is not None:
+            auto[key] = value
+    if args.no_resume:
+        auto["resume"] = False
+    return {"Model": {"model_dir": args.model_dir, "model_filename": args.model_filename,
+                      "params_filename": args.params_filename},
+            "Data": {**{k: v for k, v in splits.items() if v}, "batch_size": args.data_batch_size},
+            "Eval": {"metric": args.metric, "max_drop": args.max_drop, "drop_type": args.drop_type},
+            "Device": args.device, "SaveDir": args.save_dir, "Auto": auto}
+
+
+def cmd_optimize(args) -> int:
+    from .auto.report import terminal_table
+    from .config import load_run_config
+    from .runner import run_config
+
+    summary = run_config(load_run_config(optimize_config(args)), progress=not args.quiet)
+    print()
+    print(terminal_table(summary))
+    print(f"\nmodel:   {summary.get('model_dir')}\nreport:  {summary['save_dir']}/report.html "
+          f"(and report.md, summary.json)")
+    return 0 if summary["target_met"] else 3
+
+
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
+    from .auto.report import terminal_table
+
     summary = run_demo(save_dir=args.save_dir, progress=not args.quiet)
-    _print_result(summary)
-    return 0
+    print()
+    print(terminal_table(summary))
+    print(f"\nmodel:   {summary.get('model_dir')}\nreport:  {summary['save_dir']}/report.html "
+          f"(and report.md, summary.json)")
+    return 0 if summary["target_met"] else 3
 
 
 def cmd_convert(args) -> int:
@@ -184,7 +233,36 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(parser=p)
         p.set_defaults(func=func)
 
-    demo = sub.add_parser("demo", help="compress the bundled digits CNN (real scikit-learn data), end to end")
+    opt = sub.add_parser("optimize", help="auto mode: the fastest model within the accuracy budget on your "
+                                          "deployment target, searched across strategies (exit 3: target not met)")
+    opt.add_argument("model_dir", help="folder holding the inference model (never modified)")
+    opt.add_argument("--model-filename")
+    opt.add_argument("--params-filename")
+    opt.add_argument("--data", help="folder with train/, eval/ and optionally test/ and calib/ Dataset folders")
+    for split, what in (("train", "training (and calibration) data"), ("eval", "the data candidates are selected on"),
+                        ("test", "held-out data for the report, never used to select"),
+                        ("calib", "calibration data (default: train)")):
+        opt.add_argument(f"--{split}", metavar="DIR", help=f"Dataset folder: {what}")
+    opt.add_argument("--data-batch-size", type=int, default=32, help="loader batch size (default 32)")
+    opt.add_argument("--metric", default="top1", help="top1 | top5 | fidelity | package.module:function")
+    opt.add_argument("--max-drop", type=float, default=0.01, help="accuracy budget (default 0.01)")
+    opt.add_argument("--drop-type", choices=["absolute", "relative"], default="absolute")
+    opt.add_argument("--target", default="onednn-int8", help="paddle-cpu | onednn-int8 | openvino | gpu")
+    opt.add_argument("--batch-size", type=int, help="deployment batch (default: the eval data's batch)")
+    opt.add_argument("--time-budget", default="30m", help="e.g. 600, 90s, 30m, 2h (default 30m)")
+    opt.add_argument("--candidates", nargs="+", help="kinds to try: ptq prune prune+ptq qat asp sparse "
+                                                     "(default: those that can pay on the target)")
+    opt.add_argument("--prune-ratios", nargs="+", type=float, help="channel-pruning ratios (default 0.25 0.5)")
+    opt.add_argument("--epochs", type=int, help="training epochs per training candidate (default 3)")
+    opt.add_argument("--ptq-trials", type=int, help="trials of the PTQ search (default 8)")
+    opt.add_argument("--device", default="cpu")
+    opt.add_argument("--save-dir", default="./autocompress-optimize")
+    opt.add_argument("--no-resume", action="store_true", help="rerun candidates already finished in the save dir")
+    opt.add_argument("--quiet", action="store_true", help="no progress output")
+    opt.set_defaults(func=cmd_optimize)
+
+    demo = sub.add_parser("demo", help="auto mode on a digits CNN (real scikit-learn data): the fastest model within "
+                                     "1 point of top-1, end to end in about a minute")
     demo.add_argument("--save-dir", default="./autocompress-demo", help="where to write the results")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)

@@ -462,7 +462,7 @@ class RunConfig(_Config):
     train: Optional[TrainConfig] = None
 
 
-RUN_SECTIONS = ("Model", "Data", "Eval", "Deploy", "Device", "SaveDir", "TrainConfig")
+RUN_SECTIONS = ("Model", "Data", "Eval", "Deploy", "Device", "SaveDir", "TrainConfig", "Auto")
 
 
 def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
@@ -486,11 +486,14 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown top-level keys {unknown}; allowed: {list(RUN_SECTIONS)} + "
                           f"{sorted(STRATEGY_CLASSES)}")
-    from . import strategies  # the registry imports these classes
+    if "Auto" in data:
+        configs, train, combination = _auto_sections(data)
+    else:
+        from . import strategies  # the registry imports these classes
 
-    chosen, configs = strategies.resolve({k: data[k] for k in data if k in STRATEGY_CLASSES})
-    train = strategies.resolve_train_config(chosen, data.get("TrainConfig"), "TrainConfig")
-    combination = chosen.name
+        chosen, configs = strategies.resolve({k: data[k] for k in data if k in STRATEGY_CLASSES})
+        train = strategies.resolve_train_config(chosen, data.get("TrainConfig"), "TrainConfig")
+        combination = chosen.name
     sections = {}
     for key, cls in (("Model", ModelSection), ("Data", DataSection), ("Eval", EvalSection), ("Deploy", DeploySection)):
         if key in ("Eval", "Deploy") and key not in data:
@@ -511,6 +514,18 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
                          train=train)
     except ValidationError as err:
         raise ConfigError(_format_validation_error("config", err)) from None
+
+
+def _auto_sections(data: dict):
+    """`Auto:` in a run file: auto mode picks the strategies, so strategy configs and Deploy are errors."""
+    from .auto.config import build_auto
+
+    clash = sorted(k for k in data if k in STRATEGY_CLASSES or k == "Deploy")
+    if clash:
+        raise ConfigError(f"the run config has Auto and {clash}: auto mode chooses the strategies and measures on "
+                          f"Auto.target at Auto.batch_size; remove {clash}, or remove Auto to run one strategy")
+    train = None if data.get("TrainConfig") is None else build(TrainConfig, data["TrainConfig"], "TrainConfig")
+    return {"Auto": build_auto(data["Auto"])}, train, "auto"
 
 
 def _resolve(value: str, base_dir: Path) -> str:

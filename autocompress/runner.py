@@ -34,5 +34,5 @@ def run_config(config: RunConfig | str | Path, save_dir: str | None = None, prog
         eval_callback=_data(data.eval, "eval", data.batch_size), devices=rc.Device, metric=rc.Eval.metric,
         max_drop=rc.Eval.max_drop, drop_type=rc.Eval.drop_type,
         calib_dataloader=_data(data.calib, "calib", data.batch_size),
-        test_dataloader=_data(data.test, "test", data.batch_size), deploy=rc.Deploy, progress=progress)
+        test_dataloader=_data(data.test, "test", data.batch_size), deploy=None if rc.combination == "auto" else rc.Deploy, progress=progress)
     return ac.compression()

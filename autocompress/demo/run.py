@@ -1,34 +1,33 @@
-"""`autocompress demo`: PTQ with hyper-parameter search on the digits CNN, end to end."""
+"""`autocompress demo`: auto mode on a digits CNN, end to end, in about a minute.
+
+The model is the digits network at width 32 (WIDE_WIDTH: 2.4 M multiply-adds per image), trained on
+scikit-learn's real handwritten digits on first use. The 8x8 digits CNN of the tests (width 16) is too
+small for any compression to pay on a laptop CPU (its int8 model is slower than FP32); at width 32
+channel pruning pays on every runtime, which is what the demo shows. Selection uses half of the
+hold-out, the report's test metric the other half (the selection never sees it)."""
 from __future__ import annotations
 
-from .digits import digits_model, digits_splits
+from .digits import WIDE_WIDTH, digits_model, digits_splits
 
-DEMO_STRATEGY = {
-    "QuantizationConfig": {"quantize_op_types": ["conv2d", "depthwise_conv2d", "matmul_v2", "mul"]},
-    "HyperParameterOptimizationConfig": {
-        "ptq_algo": ["KL", "hist", "mse", "avg", "abs_max"],
-        "bias_correct": [False, True],
-        "weight_quantize_type": ["channel_wise_abs_max", "abs_max"],
-        "hist_percent": [0.99, 0.9999],
-        "batch_size": [16, 32],
-        "batch_num": [2, 8],
-        "max_quant_count": 12,
-    },
-}
+DEMO_AUTO = {"target": "onednn-int8", "batch_size": 64, "time_budget": "90s", "ptq_trials": 4, "epochs": 4,
+             "candidates": ["ptq", "prune", "prune+ptq"], "prune_ratios": [0.5, 0.75]}
 
 
-def run_demo(save_dir="./autocompress-demo", progress: bool = True) -> dict:
+def run_demo(save_dir="./autocompress-demo", progress: bool = True, auto: dict | None = None) -> dict:
     from ..api import AutoCompression
     from ..data import FeedSource
 
-    model = digits_model()
+    model = digits_model(width=WIDE_WIDTH)
     splits = digits_splits()
-    calib_x, _ = splits["calib"]
+    train_x, train_y = splits["train"]
     eval_x, eval_y = splits["eval"]
+    half = len(eval_x) // 2
     ac = AutoCompression(
         model_dir=str(model.model_dir), model_filename=model.model_filename,
-        params_filename=model.params_filename, save_dir=save_dir, strategy_config=DEMO_STRATEGY,
-        train_config=None, train_dataloader=FeedSource.from_arrays({"x": calib_x}, batch_size=32),
-        eval_callback=FeedSource.from_arrays({"x": eval_x}, labels=eval_y, batch_size=100),
+        params_filename=model.params_filename, save_dir=save_dir, strategy_config={"Auto": auto or DEMO_AUTO},
+        train_config=None, train_dataloader=FeedSource.from_arrays({"x": train_x}, labels=train_y, batch_size=64),
+        eval_callback=FeedSource.from_arrays({"x": eval_x[:half]}, labels=eval_y[:half], batch_size=50),
+        test_dataloader=FeedSource.from_arrays({"x": eval_x[half:]}, labels=eval_y[half:], batch_size=50),
+        calib_dataloader=FeedSource.from_arrays({"x": splits["calib"][0]}, batch_size=32),
         devices="cpu", metric="top1", max_drop=0.01, progress=progress)
     return ac.compression()
