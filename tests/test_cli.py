@@ -54,10 +54,14 @@ def test_demo(tmp_path):
                            str(tmp_path / "demo")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert s["metric_drop"] <= 0.01  # int8 top-1 within 1.0 point of FP32 on the hold-out
-    assert s["param_bytes_after"] <= 0.3 * s["param_bytes_before"]
-    assert s["latency_ms_before"] > 0 and s["latency_ms_after"] > 0
+    chosen = next(c for c in s["candidates"] if c["id"] == s["chosen"])
+    # auto mode: a model measurably faster than the original at the deployment batch, in the same run
+    # (interleaved), within 1 point of top-1 on the selection half; the test half is reported
+    assert s["target_met"] and chosen["within_budget"] and chosen["metric_drop"] <= 0.01
+    assert chosen["speedup"] > 1.2 and not chosen["slower"] and chosen["final_ranking"]
+    assert s["baseline_test_metric"] - chosen["test_metric"] <= 0.02
     assert s["seconds"] < 120
+    assert (tmp_path / "demo" / "report.html").exists() and "Chosen:" in proc.stdout
 
 
 def test_in_process_run_publishes_the_deliverable(tmp_path):

@@ -1,0 +1,215 @@
+"""Auto mode on the real digits model: the choice is the fastest candidate within the budget, the
+best model so far survives a SIGKILL and a rerun resumes, an unmeetable budget says so and exits
+non-zero, and the Auto section is validated before any work."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autocompress.auto.candidates import plan
+from autocompress.auto.config import AutoConfig, parse_duration
+from autocompress.auto.search import families
+from autocompress.errors import ConfigError
+
+SMALL = {"target": "onednn-int8", "batch_size": 64, "time_budget": "5m", "ptq_trials": 2, "epochs": 2,
+         "candidates": ["ptq", "prune", "prune+ptq"], "prune_ratios": [0.5]}
+
+
+def _sources(digits_data):
+    from autocompress.data import FeedSource
+
+    train_x, train_y = digits_data["train"]
+    eval_x, eval_y = digits_data["eval"]
+    return (FeedSource.from_arrays({"x": train_x}, labels=train_y, batch_size=64),
+            FeedSource.from_arrays({"x": eval_x[:250]}, labels=eval_y[:250], batch_size=50),
+            FeedSource.from_arrays({"x": eval_x[250:]}, labels=eval_y[250:], batch_size=50))
+
+
+def _auto(files, save_dir, digits_data, auto=SMALL, **kwargs):
+    from autocompress import AutoCompression
+
+    train, evaluation, test = _sources(digits_data)
+    return AutoCompression(str(files.model_dir), files.model_filename, files.params_filename, str(save_dir),
+                           {"Auto": auto}, None, train, evaluation, devices="cpu", test_dataloader=test,
+                           progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def searched(digits_files, digits_data, tmp_path_factory):
+    from conftest import tree_hashes
+
+    before = tree_hashes(digits_files.model_dir)
+    save_dir = tmp_path_factory.mktemp("auto") / "out"
+    summary = _auto(digits_files, save_dir, digits_data).compression()
+    assert tree_hashes(digits_files.model_dir) == before  # the input is never modified
+    return summary, save_dir
+
+
+def test_every_candidate_is_measured_on_the_target(searched):
+    summary, save_dir = searched
+    done = [c for c in summary["candidates"] if c["status"] == "done"]
+    assert {c["id"] for c in done} == {"ptq", "prune-0.5", "prune-0.5+ptq"} or \
+        {c["id"] for c in done} == {"ptq", "prune-0.5"}  # the chain runs only when its parent met the budget
+    for c in done:
+        assert set(c["latency_ms"]) == {"1", "64"} and all(v > 0 for v in c["latency_ms"].values())
+        assert c["size_bytes"] > 0 and c["params"] > 0 and c["flops"] > 0 and c["seconds"] > 0
+        assert c["peak_rss_bytes"] > 0 and 0 <= c["metric"] <= 1 and 0 <= c["test_metric"] <= 1
+        assert c["metric_drop"] == pytest.approx(summary["baseline_metric"] - c["metric"])
+        assert (Path(c["model_dir"]) / "inference.pdmodel").exists()
+    assert summary["original"]["latency_ms"]["64"] > 0
+    assert summary["deploy_batch_size"] == 64 and summary["target"] == "onednn-int8"
+    skipped = {c["id"] for c in summary["candidates"] if c["status"] == "skipped"}
+    assert skipped == set()  # candidates were named explicitly: none left out
+
+
+def test_the_choice_is_the_fastest_within_the_budget(searched):
+    summary, save_dir = searched
+    eligible = [c for c in summary["candidates"] if c["status"] == "done" and c["within_budget"]
+                and not c["slower"] and c["speedup"] > 1]
+    if not eligible:
+        assert summary["target_met"] is False
+        return
+    fastest = max(eligible, key=lambda c: c["speedup"])
+    assert summary["chosen"] == fastest["id"] and summary["target_met"] is True
+    for c in summary["candidates"]:
+        if c["status"] == "done" and c["within_budget"]:
+            assert c["final_ranking"] is True  # ranked in the one interleaved comparison
+    # the delivered model is the chosen candidate's, and scores what the summary says on the test split
+    chosen_dir = Path(fastest["model_dir"])
+    for name in ("inference.pdmodel", "inference.pdiparams"):
+        assert (save_dir / "model" / name).read_bytes() == (chosen_dir / name).read_bytes()
+    assert summary["test_metric"] == fastest["test_metric"]
+
+
+def test_the_delivered_model_scores_the_reported_test_metric(searched, digits_data):
+    from autocompress.backend import DeployTarget, inference_predictor
+    from autocompress.model_io import locate_model
+
+    summary, save_dir = searched
+    chosen = next(c for c in summary["candidates"] if c["id"] == summary["chosen"])
+    predict = inference_predictor(locate_model(save_dir / "model"), int8=chosen["precision"] == "int8",
+                                  target=DeployTarget("onednn"))
+    x, y = digits_data["eval"]
+    hits = sum(int((predict({"x": x[i:i + 50]})[0].argmax(-1) == y[i:i + 50, 0]).sum()) for i in range(250, 500, 50))
+    assert hits / 250 == pytest.approx(summary["test_metric"])
+
+
+def test_reports_are_written(searched):
+    summary, save_dir = searched
+    assert json.loads((save_dir / "summary.json").read_text())["chosen"] == summary["chosen"]
+    assert summary["chosen"] in (save_dir / "report.md").read_text()
+    assert "data:image/png;base64," in (save_dir / "report.html").read_text()
+    assert not (save_dir / ".work").exists()
+
+
+def test_plan_leaves_out_what_cannot_pay_on_the_target():
+    run, skipped = plan(AutoConfig(target="paddle-cpu"))
+    assert [c.id for c in run] == ["prune-0.25", "prune-0.5"]
+    reasons = {s.id: s.reason for s in skipped}
+    assert "no int8 kernels" in reasons["ptq"] and "no int8 kernels" in reasons["qat"]
+    assert "sparse tensor cores" in reasons["asp"] and "dense speed" in reasons["sparse"]
+    run, skipped = plan(AutoConfig(target="onednn-int8"))
+    assert [c.id for c in run] == ["ptq", "prune-0.25", "prune-0.5", "prune-0.25+ptq", "prune-0.5+ptq", "qat"]
+    assert families(AutoConfig(target="onednn-int8")) == [["ptq"], ["prune-0.25", "prune-0.25+ptq"],
+                                                          ["prune-0.5", "prune-0.5+ptq"], ["qat"]]
+    # naming a kind runs it even where it does not pay (measured, not assumed)
+    run, skipped = plan(AutoConfig(target="paddle-cpu", candidates=["ptq", "sparse"]))
+    assert [c.id for c in run] == ["ptq", "sparse"] and not skipped
+
+
+def test_auto_section_is_validated_before_any_work(digits_files):
+    from autocompress.api import auto_section
+    from autocompress.auto.config import build_auto
+    from autocompress.config import load_run_config
+
+    with pytest.raises(ConfigError, match=r"Auto.budget: unknown key; allowed keys: \[.*'time_budget'"):
+        build_auto({"budget": 3})
+    with pytest.raises(ConfigError, match="Auto.time_budget: cannot read the duration"):
+        build_auto({"time_budget": "soon"})
+    with pytest.raises(ConfigError, match="Auto.target"):
+        build_auto({"target": "tpu"})
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration(600) == 600
+    with pytest.raises(ConfigError, match="chooses the strategies itself"):
+        auto_section({"Auto": {}, "QuantizationConfig": {}})
+    model = {"model_dir": str(digits_files.model_dir)}
+    with pytest.raises(ConfigError, match=r"Auto and \['Deploy'\]"):
+        load_run_config({"Model": model, "Data": {"train": "t", "eval": "e"}, "Auto": {}, "Deploy": {"batch_size": 4}})
+    rc = load_run_config({"Model": model, "Data": {"train": "t", "eval": "e"},
+                          "Auto": {"target": "paddle-cpu", "time_budget": "2m"}})
+    assert rc.combination == "auto" and rc.strategy["Auto"].seconds == 120
+
+
+def test_gpu_target_says_it_cannot_be_measured_here(digits_files, digits_data, tmp_path):
+    import paddle
+
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("a CUDA build can measure the gpu target")
+    with pytest.raises(ConfigError, match="target 'gpu' cannot be measured on this machine"):
+        _auto(digits_files, tmp_path / "gpu", digits_data, auto={**SMALL, "target": "gpu"}).compression()
+
+
+def _optimize_cmd(files, datasets, save_dir, *extra):
+    return [sys.executable, "-m", "autocompress.cli", "optimize", str(files.model_dir), "--data", str(datasets),
+            "--save-dir", str(save_dir), "--batch-size", "32", "--ptq-trials", "2", "--epochs", "1", "--quiet", *extra]
+
+
+def test_unmeetable_budget_keeps_the_best_and_exits_non_zero(digits_files, digits_datasets, tmp_path):
+    save_dir = tmp_path / "out"
+    proc = subprocess.run(_optimize_cmd(digits_files, digits_datasets, save_dir, "--max-drop", "0",
+                                        "--candidates", "prune", "--prune-ratios", "0.9"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    summary = json.loads((save_dir / "summary.json").read_text())
+    assert summary["target_met"] is False and summary["chosen"] == "prune-0.9"
+    assert summary["candidates"][0]["metric_drop"] > 0
+    assert (save_dir / "model" / "inference.pdmodel").exists()  # the best candidate is still delivered
+    assert "NOT met" in (save_dir / "report.md").read_text() and "NOT met" in proc.stdout
+
+
+def test_sigkill_mid_search_leaves_the_best_so_far_and_a_rerun_resumes(digits_files, digits_datasets, tmp_path):
+    from autocompress.backend import inference_predictor
+    from autocompress.model_io import locate_model
+
+    save_dir = tmp_path / "out"
+    cmd = _optimize_cmd(digits_files, digits_datasets, save_dir, "--candidates", "ptq", "prune",
+                        "--prune-ratios", "0.25", "0.5")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done: list = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            summary = json.loads((save_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        done = [c["id"] for c in summary.get("candidates", []) if c.get("status") == "done"]
+        if done:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the search finished before it could be killed; give it more candidates"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done and summary["chosen"] in done
+    predict = inference_predictor(locate_model(save_dir / "model"), int8=True)  # usable right away
+    assert predict({"x": np.zeros((2, 1, 8, 8), np.float32)})[0].shape == (2, 10)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode in (0, 3), rerun.stderr[-3000:]
+    final = json.loads((save_dir / "summary.json").read_text())
+    by_id = {c["id"]: c for c in final["candidates"]}
+    assert all(by_id[i].get("resumed") for i in done)  # finished candidates are not run again
+    assert {c["status"] for c in final["candidates"]} == {"done"}
+
+
+def test_a_spent_time_budget_runs_nothing_more_and_says_so(digits_files, digits_data, tmp_path):
+    summary = _auto(digits_files, tmp_path / "out", digits_data, auto={**SMALL, "time_budget": 0.01}).compression()
+    assert {c["status"] for c in summary["candidates"]} == {"not_run"}
+    assert all("time budget spent" in c["reason"] for c in summary["candidates"])
+    assert summary["chosen"] is None and summary["target_met"] is False and summary["model_dir"] is None
+    assert "no candidate finished" in " ".join(summary["warnings"])
