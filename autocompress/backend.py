@@ -28,7 +28,9 @@ class DeployTarget:
 
     runtime: 'onednn' (CPU, oneDNN; int8 models with `enable_mkldnn_int8()`), 'paddle-cpu' (a stock
     `paddle.inference.Config` on CPU, no oneDNN: what clients such as rapidocr_paddle run), 'gpu'
-    (Paddle Inference on CUDA) or 'tensorrt' (CUDA + TensorRT, int8 precision for int8 models).
+    (Paddle Inference on CUDA) or 'tensorrt' (CUDA + TensorRT, int8 precision for int8 models),
+    'openvino' (OpenVINO reading the Paddle model), 'onnxruntime' (ONNX Runtime CPU on the model's
+    ONNX export, made on the fly and cached: program/to_onnx.py; int8 models as QDQ).
     """
 
     runtime: str = "onednn"
@@ -60,8 +62,9 @@ class DeployTarget:
                  "paddle-cpu": "Paddle Inference CPU (stock Config, no oneDNN)",
                  "gpu": f"Paddle Inference GPU {self.device_id}",
                  "tensorrt": f"Paddle Inference GPU {self.device_id} TensorRT" + (" int8" if int8 else " fp32"),
-                 "openvino": "OpenVINO CPU (reading the Paddle model)"}
-        where = f", {threads} thread(s)" if self.runtime in ("onednn", "paddle-cpu", "openvino") else ""
+                 "openvino": "OpenVINO CPU (reading the Paddle model)",
+                 "onnxruntime": "ONNX Runtime CPU (the model's ONNX export" + (", QDQ int8)" if int8 else ")")}
+        where = f", {threads} thread(s)" if self.runtime in ("onednn", "paddle-cpu", "openvino", "onnxruntime") else ""
         return f"{names[self.runtime]}{where}, batch {batch}"
 
 
@@ -128,6 +131,10 @@ def inference_predictor(files: ModelFiles, int8: bool = False, threads: int = 1,
     """A Predictor (feed dict in, list of numpy outputs out) on the target's runtime."""
     if target.runtime == "openvino":
         return _openvino_predictor(files, threads)
+    if target.runtime == "onnxruntime":
+        from .program.to_onnx import cached_onnx, onnx_predictor
+
+        return onnx_predictor(cached_onnx(files), threads)
     from paddle import inference
 
     with _quiet_native_output():

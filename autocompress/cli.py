@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
         return 0
     from .kfp.local_run import run_local
 
-    run = run_local(args.config, save_dir=args.save_dir, publish_uri=args.publish,
+    run = run_local(args.config, save_dir=args.save_dir, publish_uri=args.publish, runner=args.runner,
                     progress="verbose" if args.verbose_stages else not args.quiet)
     _print_result(run.summary, paths=args.quiet)
     return 0
@@ -177,6 +177,33 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_export_onnx(args) -> int:
+    """`autocompress export-onnx`: the model as OUT_DIR/model.onnx (FP32, or int8 as QDQ), checked in ONNX Runtime."""
+    import numpy as np
+
+    from .errors import DataError
+    from .model_io import read_metadata
+    from .program.to_onnx import describe_check, export_onnx
+
+    feed = None
+    if args.feed:
+        try:
+            with np.load(args.feed, allow_pickle=False) as z:
+                feed = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise DataError(f"--feed {args.feed}: not a readable .npz of input arrays ({err}); write one with "
+                            "numpy.savez(path, x=array) keyed by the model's input names") from None
+    path = export_onnx(args.model_dir, args.out_dir, args.model_filename, args.params_filename, feed=feed,
+                       opset=args.opset)
+    check = (read_metadata(path.parent) or {}).get("onnx", {}).get("check", {})
+    print(path)
+    print(f"checked in {check.get('runtime')} against {check.get('reference')}: {describe_check(check)}")
+    if not check.get("enforced", True):
+        print("warning: int8 model checked on a random feed only; pass --feed x.npz (real inputs) for an enforced "
+              "check", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autocompress", description=__doc__)
     parser.add_argument("--version", action="version", version=f"autocompress {__version__}")
@@ -193,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--publish", metavar="URI", help="also publish the final model + card to s3://... or minio://...")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--verbose-stages", action="store_true", help="echo every pipeline stage's full log")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="subprocess: every stage a process of this Python (default); docker: every stage a "
+                          "container of the pipeline's image, run as the pods run (build it: python images/build.py)")
     run.set_defaults(func=cmd_run)
 
     compile_ = sub.add_parser("compile", help="write the pipelines' IR YAML (for the Kubeflow UI) to a folder")
@@ -275,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model-filename", help="model file in MODEL_DIR when it holds several")
     convert.add_argument("--params-filename", help="params file in MODEL_DIR when it holds several")
     convert.set_defaults(func=cmd_convert)
+
+    onnx = sub.add_parser("export-onnx", help="export the model (FP32, or int8 as QDQ) to ONNX, checked against "
+                                              "Paddle Inference in ONNX Runtime (pip install 'autocompress[onnx]')")
+    onnx.add_argument("model_dir", help="folder holding the Paddle inference model, .pdmodel or PIR .json (never modified)")
+    onnx.add_argument("out_dir", help="where to write model.onnx + autocompress.json (the check)")
+    onnx.add_argument("--model-filename", help="model file in MODEL_DIR when it holds several")
+    onnx.add_argument("--params-filename", help="params file in MODEL_DIR when it holds several")
+    onnx.add_argument("--feed", metavar="NPZ", help="real sample inputs (.npz keyed by input name) for the check; "
+                                                  "default: random, batch 2")
+    onnx.add_argument("--opset", type=int, default=13, help="minimum ONNX opset (default 13; raised where needed)")
+    onnx.set_defaults(func=cmd_export_onnx)
     return parser
 
 

@@ -414,7 +414,7 @@ class EvalSection(_Config):
         return v
 
 
-RUNTIMES = ("onednn", "paddle-cpu", "openvino", "gpu", "tensorrt")
+RUNTIMES = ("onednn", "paddle-cpu", "openvino", "onnxruntime", "gpu", "tensorrt")
 
 
 class DeploySection(_Config):
@@ -423,7 +423,8 @@ class DeploySection(_Config):
     runtimes: every runtime the model will run on (latency measured on each, warm, interleaved with
     the original): 'onednn' (Paddle Inference CPU with oneDNN; int8 switch on for int8 models),
     'paddle-cpu' (a stock paddle.inference.Config), 'openvino' (OpenVINO reading the Paddle model;
-    `pip install 'autocompress[openvino]'`), 'gpu', 'tensorrt'. Default: the job's own target.
+    `pip install 'autocompress[openvino]'`), 'onnxruntime' (ONNX Runtime CPU on the model's ONNX export,
+    int8 as QDQ; `pip install 'autocompress[onnx]'`), 'gpu', 'tensorrt'. Default: the job's own target.
     batch_size: the deployment batch (default: the first eval batch's size); batch 1 is measured too.
     allow_slower: a compressed model slower than the original on a named runtime at the deployment
     batch misses the target unless this is true (it is always a warning).
