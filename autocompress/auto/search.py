@@ -92,16 +92,18 @@ def target_of(auto: AutoConfig, device):
 class Search:
     """One search over a save dir: `run_candidates` (all planned, or a pipeline branch's family) then
     `finish` (the final interleaved ranking, the choice, the deliverable). Setup loads the model and
-    measures the original's baseline on the target once."""
+    measures the original's baseline on the target once. `spent`: seconds of the time budget already
+    used elsewhere (the auto pipeline's earlier stages), so that the budget bounds the whole search."""
 
-    def __init__(self, auto: AutoConfig, inputs: Inputs, eval_settings, save_dir, progress: bool = True):
+    def __init__(self, auto: AutoConfig, inputs: Inputs, eval_settings, save_dir, progress: bool = True,
+                 spent: float = 0.0):
         from ..model_io import InputGuard
         from ..stages.run import check_save_dir
 
         self.auto, self.inputs, self.eval_settings = auto, inputs, eval_settings
         self.save_dir, self.progress = check_save_dir(save_dir, inputs.model_files.model_dir), progress
         self.guard = guard = InputGuard(inputs.model_files)
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() - max(0.0, spent)
         self.fingerprint_base = {"model": guard.hashes_by_name(), "target": auto.target,
                                  "batch": auto.batch_size, "train": inputs.train_config,
                                  "eval": eval_settings.model_dump(mode="json"), "epochs": auto.epochs,
