@@ -1,5 +1,7 @@
-"""`autocompress run`: the run config's strategy pipeline through `kfp.local.SubprocessRunner`, with
-one progress line per stage and every stage's full log in a file."""
+"""`autocompress run`: the run config's strategy pipeline through `kfp.local.SubprocessRunner` (every
+stage a process of this interpreter) or `kfp.local.DockerRunner` (every stage a container of the
+pipeline's image, run as the manifests run pods), with one progress line per stage and every stage's
+full log in a file."""
 from __future__ import annotations
 
 import contextlib
@@ -35,9 +37,14 @@ class LocalRun:
         return self.save_dir / "model"
 
 
+RUNNERS = ("subprocess", "docker")
+
+
 def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_root: str | os.PathLike | None = None,
-              trial_shards: int = 1, publish_uri: str | None = None, progress: bool | str = True, echo: Callable[[str], None] | None = None) -> LocalRun:
-    """Run the config's strategy pipeline with `kfp.local.SubprocessRunner(use_venv=False)`.
+              trial_shards: int = 1, publish_uri: str | None = None, progress: bool | str = True,
+              echo: Callable[[str], None] | None = None, runner: str = "subprocess") -> LocalRun:
+    """Run the config's strategy pipeline with `kfp.local.SubprocessRunner(use_venv=False)`, or with
+    `runner="docker"` in the pipeline's image through `kfp.local.DockerRunner` (see `_docker_runner`).
 
     Every stage runs in its own process with this interpreter (so this environment needs the engine
     installed, as the image has). Artifacts go to `pipeline_root` (default `<save_dir>/pipeline-root`);
@@ -50,6 +57,8 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     require_kfp()
     from kfp import local
 
+    if runner not in RUNNERS:
+        raise ConfigError(f"unknown runner {runner!r}; use one of: {', '.join(RUNNERS)}")
     if echo is None:
         out = sys.stdout
         echo = (lambda text: print(text, file=out, flush=True)) if progress else (lambda text: None)
@@ -60,7 +69,9 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
         raise ConfigError("SaveDir is the input model's folder; choose another folder (the input is never overwritten)")
     root = Path(pipeline_root or save / "pipeline-root").resolve()
     endpoint = os.environ.get("S3_ENDPOINT") or os.environ.get("MINIO_ENDPOINT") or ""
-    name, args = pipeline_arguments(rc, gpu=False, publish_uri=publish_uri or str(save), trial_shards=trial_shards,
+    # in containers the export stage publishes to object stores only; the host copies the deliverable
+    local_publish = publish_uri or (str(save) if runner == "subprocess" else "")
+    name, args = pipeline_arguments(rc, gpu=False, publish_uri=local_publish, trial_shards=trial_shards,
                                     s3_endpoint=endpoint)
     if save.exists() and not save.is_dir():
         raise ConfigError(f"SaveDir {save} is an existing file; choose a folder")
@@ -71,14 +82,19 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     preflight(rc, save)
     pipeline = pipelines_module().by_name(name)
     save.mkdir(parents=True, exist_ok=True)
+    tasks = contextlib.nullcontext()
+    if runner == "docker":
+        kfp_runner, tasks = _docker_runner(rc, pipeline, args, root, endpoint, echo)
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
     echo(f"autocompress: running the {name} pipeline locally ({len(pipeline.pipeline_spec.root.dag.tasks)} "
-         f"top-level stages); artifacts under {root}")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+         f"top-level stages{', in containers' if runner == 'docker' else ''}); artifacts under {root}")
+    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
     log_path = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     earlier = set(root.iterdir()) if root.is_dir() else set()
     start = time.perf_counter()
     with _StageProgress(log_path, echo, verbose=progress == "verbose") as stream, _quiet_kfp(stream), \
-            _user_errors_not_retried():
+            _user_errors_not_retried(), tasks:
         try:
             pipeline(**args)
         except RuntimeError as err:
@@ -95,7 +111,7 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
                            + (f"{cause}\n" if cause else "")
                            + f"--- end of the log ({log_path}) ---\n{tail}") from None
     wall = time.perf_counter() - start
-    if publish_uri:  # the pipeline published to the URI; the deliverable also lands in save_dir
+    if publish_uri or not local_publish:  # the deliverable lands in save_dir from the export artifact
         exported = sorted(root.glob("*/export/exported"), key=lambda p: p.stat().st_mtime)
         if not exported:
             raise KFPError(f"the {name} pipeline finished but its export artifact is missing under {root}")
@@ -114,6 +130,8 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     if not summary_path.exists():
         raise KFPError(f"the {name} pipeline finished but wrote no {summary_path}; see the logs above")
     summary = json.loads(summary_path.read_text())
+    if not local_publish:  # as the export stage records a local publish
+        summary.update(model_dir=str(save / "model"), save_dir=str(save))
     # the run's cost is the pipeline's wall time; the stages' own compute time stays beside it
     summary.update(stage_seconds=summary.get("seconds"), seconds=wall, pipeline=name,
                    pipeline_root=str(root), pipeline_log=str(log_path))
@@ -127,6 +145,178 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     echo(f"summary: {summary_path}")
     echo(f"report:  {save / 'report.md'}")
     return run
+
+
+# the object-store settings a stage reads from its environment (autocompress.storage), passed on
+STORE_ENV = ("S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MINIO_ENDPOINT", "S3_SECURE", "MINIO_SECURE",
+             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "MINIO_ACCESS_KEY",
+             "MINIO_SECRET_KEY")
+POD_UID = 1000  # the manifests' pods run as 1000:1000 (runAsUser), as the images' USER
+
+
+def _docker_runner(rc: RunConfig, pipeline, args: dict, root: Path, endpoint: str, echo):
+    """`kfp.local.DockerRunner` with the pods' security settings: a non-root user (this user's uid, or
+    1000 when run as root), a read-only root file system with a writable /tmp, no new privileges, no
+    capabilities. The pipeline root is mounted read-write (kfp), the local inputs read-only at their
+    own paths; the network is none, or the host's for an object store on this machine's loopback.
+    Returns the runner and a context that runs the tasks (see `_docker_tasks`)."""
+    from kfp import local
+
+    try:
+        import docker
+    except ImportError:
+        raise KFPError("--runner docker needs the Docker SDK for Python: pip install docker") from None
+    if str(rc.Device).lower().startswith("gpu"):
+        raise ConfigError(f"--runner docker runs the stages in CPU containers, but Device is {rc.Device}: "
+                          "use Device: cpu, or --runner subprocess on the GPU machine")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as err:  # noqa: BLE001 - any failure to reach the daemon
+        raise KFPError(f"--runner docker: no Docker daemon answers ({first_line(str(err))}); start it (as root, "
+                       "`python images/build.py` starts dockerd where none runs) or use --runner subprocess") from None
+    images = _pipeline_images(pipeline)
+    try:
+        present = {i for i in images if _has_image(client, i)}
+    finally:
+        client.close()
+    remap = {}
+    from .image import CPU_IMAGE, GPU_IMAGE
+
+    if GPU_IMAGE in images and GPU_IMAGE not in present and CPU_IMAGE in present:
+        remap[GPU_IMAGE] = CPU_IMAGE  # the GPU image's stages run on CPU nodes in the CPU build too
+        echo(f"autocompress: {GPU_IMAGE} is not on this Docker daemon: its stages run in {CPU_IMAGE} (CPU)")
+    missing = sorted(images - present - set(remap))
+    if missing:
+        raise KFPError(f"--runner docker: the pipeline's image {', '.join(missing)} is not on this Docker daemon: "
+                       "build it with `python images/build.py` (or docker pull it)")
+    inputs = _local_inputs(args, root)
+    if os.geteuid() == 0:  # never root in the container: the pods' user, which then owns the pipeline root
+        user = f"{POD_UID}:{POD_UID}"
+        root.mkdir(parents=True, exist_ok=True)
+        os.chown(root, POD_UID, POD_UID)
+        for path in inputs:
+            bad = _unreadable_by_others(path)
+            if bad is not None:
+                raise ConfigError(f"{bad} is not readable by uid {POD_UID}, the user the containers run as (the "
+                                  f"pods' runAsUser): make it readable (chmod -R o+rX {path}) or run as a non-root "
+                                  "user, whose uid the containers then use")
+    else:
+        user = f"{os.getuid()}:{os.getgid()}"
+    remote = [v for v in _strings(args) if "://" in v and not v.startswith("builtin://")]
+    host = re.sub(r"^\w+://", "", endpoint).split("/")[0].rsplit(":", 1)[0].strip("[]")
+    network = ("host" if remote and host in ("127.0.0.1", "localhost", "::1") else
+               None if remote else "none")
+    options = dict(user=user, read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev"}, security_opt=["no-new-privileges"],
+                   cap_drop=["ALL"], working_dir="/tmp",
+                   environment={"HOME": "/tmp", **{k: os.environ[k] for k in STORE_ENV if os.environ.get(k)}},
+                   mounts=[docker.types.Mount(target=str(p), source=str(p), type="bind", read_only=True)
+                           for p in inputs])
+    if network:
+        options["network_mode"] = network
+    return local.DockerRunner(**options), _docker_tasks(remap)
+
+
+def _pipeline_images(pipeline) -> set[str]:
+    from google.protobuf import json_format
+
+    executors = json_format.MessageToDict(pipeline.pipeline_spec.deployment_spec).get("executors", {})
+    return {e["container"]["image"] for e in executors.values() if "container" in e}
+
+
+def _has_image(client, image: str) -> bool:
+    import docker
+
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _strings(value):
+    """Every string in the pipeline arguments, the JSON `config` parameter's included."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        if value[:1] in "{[":
+            with contextlib.suppress(ValueError):
+                yield from _strings(json.loads(value))
+                return
+        yield value
+
+
+def _local_inputs(args: dict, root: Path) -> list[Path]:
+    """The local folders the stages read (a file input: its folder), each once and outside the
+    pipeline root; the run config resolves Model and Data paths against its own folder."""
+    found = []
+    for value in _strings(args):
+        if "://" in value or not value.startswith("/"):
+            continue
+        path = Path(value)
+        if path.exists():
+            found.append((path if path.is_dir() else path.parent).resolve())
+    out = []
+    for path in sorted(set(found), key=lambda p: len(p.parts)):
+        if not any(path == o or o in path.parents for o in out + [root]):
+            out.append(path)
+    return out
+
+
+def _unreadable_by_others(path: Path) -> Path | None:
+    """The first file or folder under `path` that another user (the containers' uid) cannot read."""
+    import stat
+
+    for folder, dirs, files in os.walk(path):
+        for entry in [folder, *(os.path.join(folder, f) for f in files)]:
+            st = os.stat(entry)
+            need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
+            if st.st_uid != POD_UID and st.st_mode & need != need:
+                return Path(entry)
+    return None
+
+
+@contextlib.contextmanager
+def _docker_tasks(remap: dict):
+    """kfp's Docker task handler with two changes: the images in `remap` are replaced (the GPU image
+    by the CPU one), and a task's status is its container's exit code (kfp removes the container
+    automatically and may count a quick failure, whose container is gone before it asks, as success)."""
+    from kfp.local import docker_task_handler, status
+
+    handler = docker_task_handler.DockerTaskHandler
+
+    class Handler(handler):
+        def __init__(self, image, *args, **kwargs):
+            super().__init__(remap.get(image, image), *args, **kwargs)
+
+        def run(self):
+            import docker
+
+            client = docker.from_env()
+            try:
+                options = {k: v for k, v in self.runner.container_run_args.items() if k != "environment"}
+                container = client.containers.run(image=self.image, command=self.full_command, detach=True,
+                                                  volumes=self.get_volumes_to_mount(client),
+                                                  environment=self.env_vars, **options)
+                try:
+                    for chunk in container.logs(stream=True, follow=True):
+                        print(chunk.decode(errors="replace"), end="")
+                    code = container.wait()["StatusCode"]
+                finally:
+                    container.remove(force=True)
+            finally:
+                client.close()
+            return status.Status.SUCCESS if code == 0 else status.Status.FAILURE
+
+    docker_task_handler.DockerTaskHandler = Handler
+    try:
+        yield
+    finally:
+        docker_task_handler.DockerTaskHandler = handler
 
 
 def _materialize_builtin(rc: RunConfig) -> RunConfig:
