@@ -173,10 +173,12 @@ class Search:
         for record in records:
             self.records[record["id"]] = record
 
-    def finish(self) -> dict:
+    def finish(self, rank_all: bool = False) -> dict:
         """The final ranking (all candidates within the budget measured together, interleaved with
-        the original), the choice, and the deliverable; returns the summary."""
-        self._final_latency()
+        the original), the choice, and the deliverable; returns the summary. `rank_all`: measure every
+        finished candidate (the auto pipeline: its branches measured side by side, under each other's
+        load, so the over-budget ones' numbers would not compare with the original's)."""
+        self._final_latency(rank_all)
         self._choose()
         shutil.rmtree(self.save_dir / ".work", ignore_errors=True)
         return self.publish()
@@ -304,12 +306,13 @@ class Search:
         lost = [sum(a > o for o, a in zip(base, rounds)) / max(len(base), 1) for rounds in per_round[1:]]
         return times[0], times[1:], lost
 
-    def _final_latency(self) -> None:
+    def _final_latency(self, rank_all: bool = False) -> None:
         """The ranking that decides: every candidate within the budget and the original measured together
         at the deployment batch, rounds interleaved, so that all face the same machine load."""
         from ..model_io import locate_model
 
-        fresh = [r for r in self.records.values() if r.get("status") == "done" and r.get("within_budget")]
+        fresh = [r for r in self.records.values()
+                 if r.get("status") == "done" and (rank_all or r.get("within_budget"))]
         if not fresh:
             return
         files = [locate_model(r["model_dir"]) for r in fresh]
