@@ -235,7 +235,7 @@ class PruneConfig(_Config):
     prune_algo: Literal["prune", "asp"] = "prune"
     pruned_ratio: float = 0.25
     prune_params_name: Optional[list[str]] = None
-    criterion: Literal["l1_norm", "bn_scale", "geometry_median"] = "l1_norm"
+    criterion: Literal["l1_norm", "bn_scale", "geometry_median", "activation"] = "l1_norm"  # activation: needs data
 
     @field_validator("pruned_ratio")
     @classmethod

@@ -302,3 +302,132 @@ def test_unknown_ops_and_group_convs_freeze_their_channels(tmp_path):
         with pytest.raises(ConfigError, match=r"conv2d_0\.w_0.*group conv"):
             prune_loaded(model, PruneConfig(prune_params_name=["conv2d_0.w_0"]))
     _check_equivalence(files, PruneConfig(pruned_ratio=0.5), (2, 3, 8, 8))
+
+
+# --- squeeze-excitation, mean compensation, the 'activation' criterion ------------------------------
+
+class SENet(nn.Layer):
+    """PP-LCNet / MobileNetV3 block: pointwise -> bn -> hardswish -> depthwise -> SE (global pool ->
+    squeeze conv -> relu -> excite conv -> hardsigmoid, multiplied back onto the block) -> pointwise,
+    with a residual add around the SE block."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw1 = nn.Conv2D(3, 16, 1, bias_attr=False)
+        self.b1 = nn.BatchNorm2D(16)
+        self.dw = nn.Conv2D(16, 16, 3, padding=1, groups=16, bias_attr=False)
+        self.b2 = nn.BatchNorm2D(16)
+        self.squeeze = nn.Conv2D(16, 8, 1)
+        self.excite = nn.Conv2D(8, 16, 1)
+        self.pw2 = nn.Conv2D(16, 10, 1, bias_attr=False)
+        self.b3 = nn.BatchNorm2D(10)
+        self.fc = nn.Linear(10, 4)
+
+    def forward(self, x):
+        h = nn.functional.hardswish(self.b1(self.pw1(x)))
+        d = nn.functional.hardswish(self.b2(self.dw(h)))
+        s = nn.functional.adaptive_avg_pool2d(d, 1)
+        s = nn.functional.hardsigmoid(self.excite(nn.functional.relu(self.squeeze(s))))
+        h = d * s + h
+        h = nn.functional.relu(self.b3(self.pw2(h)))
+        return self.fc(paddle.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+def test_squeeze_excitation_excite_conv_joins_the_block_and_squeeze_stays_apart(tmp_path):
+    files = _export(SENet, tmp_path / "se")
+    pruned, graph, plan = _check_equivalence(files, PruneConfig(pruned_ratio=0.5), (2, 3, 8, 8))
+    pw1, squeeze, excite = "conv2d_0.w_0", "conv2d_2.w_0", "conv2d_3.w_0"
+    # x * se(x) and the residual add: pw1, the depthwise and the excite conv share one channel set
+    assert graph.producer_space(excite) == graph.producer_space(pw1) == graph.producer_space("conv2d_1.w_0")
+    assert graph.producer_space(squeeze) != graph.producer_space(pw1)
+    assert _shape(pruned, pw1) == [8, 3, 1, 1]
+    assert _shape(pruned, "conv2d_1.w_0") == [8, 1, 3, 3]
+    assert _shape(pruned, squeeze) == [4, 8, 1, 1]  # its own channels halve, and it reads 8 of 16
+    assert _shape(pruned, excite) == [8, 4, 1, 1]
+    assert _shape(pruned, "conv2d_3.b_0") == [8]
+    assert _shape(pruned, "conv2d_4.w_0") == [5, 8, 1, 1]
+
+
+class OffsetNet(nn.Layer):
+    """conv -> relu -> + a learned constant (PP-LCNetV3's affine block) -> 1x1 conv -> pool -> fc.
+    Every channel carries the constant; dropping channels without compensating it shifts the next
+    conv's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2D(3, 8, 3, padding=1)
+        self.offset = self.create_parameter([1], default_initializer=nn.initializer.Constant(2.0))
+        self.c2 = nn.Conv2D(8, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = nn.functional.relu(self.c1(x)) + self.offset
+        return self.fc(paddle.flatten(nn.functional.adaptive_avg_pool2d(nn.functional.relu(self.c2(h)), 1), 1))
+
+
+def _offset_files(tmp_path, dead=(1, 4, 6), large=False):
+    """OffsetNet whose c1 channels `dead` are constant after the relu (then + 2): zero filters, or
+    (`large`) the largest filters of the layer behind a bias that keeps the relu at 0."""
+    paddle.disable_static()
+    paddle.seed(0)
+    layer = OffsetNet()
+    w, b = layer.c1.weight.numpy(), layer.c1.bias.numpy()
+    w[list(dead)] = 10.0 * np.abs(w[list(dead)]) + 1.0 if large else 0.0
+    if large:
+        b[list(dead)] = -1e4
+    layer.c1.weight.set_value(w)
+    layer.c1.bias.set_value(b)
+    return export_layer(layer, tmp_path / "offset", (1, 3, 8, 8))
+
+
+def test_mean_compensation_keeps_the_constant_of_removed_channels(tmp_path):
+    """Regression: channel pruning on PP-OCRv4 rec dropped char accuracy to 0.0 even at ratio 0.02,
+    because every removed channel took its share of a learned constant offset with it. With
+    calibration data the pruner folds the removed channels' means into the consumer's bias."""
+    files = _offset_files(tmp_path)
+    feed = _feed((4, 3, 8, 8))
+    config = PruneConfig(pruned_ratio=0.375, prune_params_name=["conv2d_0.w_0"])  # the 3 dead channels go
+    with legacy_ir():
+        original = run_model(model_io.load_model(files), feed)[0]
+        plain = model_io.load_model(files)
+        _, plan = prune_loaded(plain, config)
+        assert sorted(plan.removed[plan.targets["conv2d_0.w_0"]].tolist()) == [1, 4, 6]
+        compensated = model_io.load_model(files)
+        prune_loaded(compensated, config, calib=[{"x": _feed((4, 3, 8, 8), seed=7)["x"]}])
+        assert _shape(compensated, "conv2d_1.w_0") == [6, 5, 1, 1]
+        without, with_ = run_model(plain, feed)[0], run_model(compensated, feed)[0]
+    assert np.abs(without - original).max() > 0.05 * np.abs(original).max()
+    np.testing.assert_allclose(with_, original, rtol=1e-4, atol=1e-5 * np.abs(original).max())
+
+
+def test_activation_criterion_drops_the_channels_that_do_not_vary(tmp_path):
+    """'activation' ranks by the variation each channel sends into its consumers: the constant
+    channels go first, even with the largest filters (which l1_norm keeps)."""
+    files = _offset_files(tmp_path, dead=(0, 5), large=True)
+    calib = [_feed((4, 3, 8, 8), seed=s) for s in (3, 4)]
+    config = PruneConfig(pruned_ratio=0.25, prune_params_name=["conv2d_0.w_0"], criterion="activation")
+    with legacy_ir():
+        model = model_io.load_model(files)
+        _, plan = prune_loaded(model, config, calib=calib)
+        assert sorted(plan.removed[plan.targets["conv2d_0.w_0"]].tolist()) == [0, 5]
+        _, l1 = prune_loaded(model_io.load_model(files), config.model_copy(update={"criterion": "l1_norm"}))
+        assert not {0, 5} & set(l1.removed[l1.targets["conv2d_0.w_0"]].tolist())
+        with pytest.raises(ConfigError, match=r"criterion 'activation'.*data"):
+            prune_loaded(model_io.load_model(files), config)
+
+
+def test_compensation_reaches_a_batch_norm_and_fc_rows(residual_files):
+    """The residual net's consumers are convs followed by batch norm (its mean absorbs the offset)
+    and an fc behind a flatten (its bias absorbs the removed rows' mean)."""
+    calib = [_feed((4, 3, 8, 8), seed=5)]
+    with legacy_ir():
+        model = model_io.load_model(residual_files)
+        bn_mean = _weight(model, "batch_norm2d_1.w_1").copy()
+        fc_bias = _weight(model, "linear_0.b_0").copy()
+        prune_loaded(model, PruneConfig(pruned_ratio=0.5), calib=calib)
+        assert _shape(model, "linear_0.w_0") == [16, 5]
+        assert not np.allclose(_weight(model, "linear_0.b_0"), fc_bias)
+        assert _shape(model, "batch_norm2d_1.w_1") == [4]
+        assert not np.allclose(np.sort(_weight(model, "batch_norm2d_1.w_1")), np.sort(bn_mean)[:4])
+        out = run_model(model, _feed((2, 3, 8, 8)))[0]
+    assert out.shape == (2, 5) and np.isfinite(out).all()

@@ -8,6 +8,13 @@ Equivalence we guarantee (and test): the pruned model computes exactly what the 
 computes when every *consumer* of a pruned channel (next conv's input channel, fc rows) ignores it,
 i.e. `zero_pruned_inputs` applied to the original. Zeroing the conv filter alone would not be the
 same: the batch norm's beta (and mean shift) would still put a constant into the channel.
+
+With data (`calib`), a pruned channel's *mean* is kept: `compensate_means` folds it into the
+consumer's bias (or the batch-norm mean after it), so the pruned model computes what the original
+computes when each removed channel is replaced by its average. Criterion 'activation' then removes
+the channels whose variation matters least to their consumers. On PP-OCRv4 rec (PP-LCNetV3 adds a
+learned constant to every activation) this is the difference between char accuracy 0.0 and 0.72 at
+ratio 0.25 before any training.
 """
 from __future__ import annotations
 
@@ -18,11 +25,11 @@ import numpy as np
 
 from ..config import PruneConfig, build
 from ..errors import ConfigError, ModelError
-from .graph import ChannelGraph, analyze, removed_positions
+from .graph import ChannelGraph, _is_param, analyze, removed_positions
 
 log = logging.getLogger("autocompress.prune")
 
-CRITERIA = ("l1_norm", "bn_scale", "geometry_median")
+CRITERIA = ("l1_norm", "bn_scale", "geometry_median", "activation")  # activation: an extension, needs data
 
 
 @dataclasses.dataclass
@@ -58,11 +65,22 @@ def _norm_rows(w: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).astype(np.float64)
 
 
-def channel_scores(graph: ChannelGraph, scope, space: int, criterion: str) -> np.ndarray:
+def channel_scores(graph: ChannelGraph, scope, space: int, criterion: str, stats=None) -> np.ndarray:
     """Importance of each channel of `space` (higher = keep). Several producers (a residual group)
-    each contribute their scores normalised to sum 1, so one large layer does not decide alone."""
+    each contribute their scores normalised to sum 1, so one large layer does not decide alone.
+    'activation' (needs `stats`, see `consumer_input_stats`) scores by what removing the channel does
+    to each consumer's output once its mean is compensated: sqrt(sum var(x_c) * |W[:, c]|^2)."""
     info = graph.spaces()[space]
     total = np.zeros(info.channels)
+    if criterion == "activation":
+        for ref in graph.refs_of_space(space):
+            if ref.role != "consumer" or ref.op_index not in stats.std:
+                continue
+            pos = _channel_positions(ref.segments, space)  # [C, entries per channel]
+            rows = _norm_rows(_tensor(scope, ref.param), ref.axis)
+            score = np.sqrt((stats.std[ref.op_index][pos] ** 2 * (rows[pos] ** 2).sum(axis=-1)).sum(axis=1))
+            total += score / (score.sum() + 1e-12)
+        return total
     for ref in info.producers:
         if criterion == "bn_scale":
             bn = graph.following_bn.get(ref.param)
@@ -109,10 +127,14 @@ def resolve_targets(graph: ChannelGraph, names) -> dict[str, int]:
 
 
 def plan_pruning(graph: ChannelGraph, scope, targets: dict[str, int], ratio: float,
-                 criterion: str = "l1_norm") -> ChannelPlan:
+                 criterion: str = "l1_norm", stats=None) -> ChannelPlan:
     """Drop `floor(C * ratio)` lowest-scoring channels (at least one kept) of each target space."""
     if criterion not in CRITERIA:
         raise ConfigError(f"PruneConfig.criterion {criterion!r} is unknown; allowed: {list(CRITERIA)}")
+    if criterion == "activation" and stats is None:
+        raise ConfigError("PruneConfig.criterion 'activation' ranks channels by their activations on data, but "
+                          "this pruning got none; prune through the API or prune_distill (they pass the training "
+                          "data), give prune_model calib=..., or use criterion 'l1_norm'")
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"PruneConfig.pruned_ratio must be in [0, 1), got {ratio}")
     spaces = graph.spaces()
@@ -135,7 +157,7 @@ def plan_pruning(graph: ChannelGraph, scope, targets: dict[str, int], ratio: flo
         n = min(int(np.floor(c * ratio + 1e-9)), c - 1)
         if n <= 0:
             continue
-        scores = channel_scores(graph, scope, sid, criterion)
+        scores = channel_scores(graph, scope, sid, criterion, stats)
         removed[sid] = np.sort(np.argsort(scores, kind="stable")[:n]).astype(np.int64)
     return ChannelPlan(removed, channels, dict(targets))
 
@@ -180,6 +202,122 @@ def apply_plan(program, scope, graph: ChannelGraph, plan: ChannelPlan, place=Non
                              "(prune_params_name) and report it.") from None
 
 
+def _consumer_input(op) -> str:
+    for slot in ("Input", "X"):
+        if slot in op.input_names and op.input(slot):
+            return op.input(slot)[0]
+    raise ModelError(f"op {op.type} has no Input / X slot")
+
+
+@dataclasses.dataclass
+class InputStats:
+    """Per consumer op index: mean and standard deviation of its input at every position of the
+    channel axis (over the batch and, for 4-D inputs, the spatial axes)."""
+    mean: dict
+    std: dict
+
+
+def _channel_positions(segments, space: int) -> np.ndarray:
+    """[channels, entries per channel]: where each channel of `space` sits on an axis laid out as
+    `segments` (a flatten gives each channel H*W entries; the same space twice, twice as many)."""
+    parts, offset = [], 0
+    for seg in segments:
+        if seg.space == space:
+            parts.append(offset + np.arange(seg.channels)[:, None] * seg.repeat + np.arange(seg.repeat)[None, :])
+        offset += seg.channels * seg.repeat
+    return np.concatenate(parts, axis=1)
+
+
+def consumer_input_stats(model, graph: ChannelGraph, feeds, limit: int = 4) -> InputStats:
+    """Run the *original* model on at most `limit` batches (feed dicts, `data.Batch`es or a
+    FeedSource) and collect `InputStats` of every consumer's input."""
+    import paddle
+
+    block = graph.block
+    wanted = {r.op_index: _consumer_input(block.ops[r.op_index]) for r in graph.refs if r.role == "consumer"}
+    names = sorted(set(wanted.values()))
+    sums, squares, count = {}, {}, 0
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    batches = feeds.batches(limit=limit) if hasattr(feeds, "batches") else feeds
+    for i, feed in enumerate(batches):
+        if i >= limit or not names:
+            break
+        feed = getattr(feed, "feed", feed)  # a data.Batch
+        feed = {k: v for k, v in feed.items() if k in model.feed_names}
+        with paddle.static.scope_guard(model.scope):
+            outs = exe.run(model.program, feed=feed, fetch_list=names)
+        for name, arr in zip(names, outs):
+            arr = np.asarray(arr, np.float64)
+            axes = (0,) + tuple(range(2, arr.ndim))
+            sums[name] = sums.get(name, 0.0) + arr.mean(axis=axes)
+            squares[name] = squares.get(name, 0.0) + (arr ** 2).mean(axis=axes)
+        count += 1
+    if not count:
+        raise ModelError("pruning statistics: the calibration data yielded no batch")
+    mean = {idx: sums[name] / count for idx, name in wanted.items()}
+    std = {idx: np.sqrt(np.maximum(squares[name] / count - mean[idx] ** 2, 0.0)) for idx, name in wanted.items()}
+    return InputStats(mean, std)
+
+
+def _bias_after(graph: ChannelGraph, op_index: int):
+    """What absorbs a constant added to the output channels of op `op_index`: ('bias', param) for a
+    bias add right after it, ('mean', param) for a batch norm right after it, else None."""
+    block = graph.block
+    out = block.ops[op_index].output_arg_names[0]
+    for op in block.ops[op_index + 1:]:
+        if out not in op.input_arg_names:
+            continue
+        if op.type == "elementwise_add" and op.input("X")[0] == out:
+            y = op.input("Y")[0]
+            if y in graph.param_views:
+                return "bias", graph.param_views[y][0]
+            if _is_param(block, y):
+                return "bias", y
+        if op.type in ("batch_norm", "sync_batch_norm") and op.input("X")[0] == out:
+            return "mean", op.input("Mean")[0]
+        return None
+    return None
+
+
+def compensate_means(scope, graph: ChannelGraph, plan: ChannelPlan, means: dict, place=None) -> list[str]:
+    """Before `apply_plan`: fold what each removed input channel contributes on average (its mean
+    times the consumer's weights) into the consumer's bias or the batch-norm mean after it, so that
+    pruning removes a channel's *variation*, not its offset. Compact models such as PP-LCNetV3 add a
+    learned constant to every activation; without this, dropping 1 channel in 32 can zero the
+    accuracy. `means`: `InputStats.mean`. Returns the consumer weights with nothing to absorb it."""
+    import paddle
+
+    place = place or paddle.CPUPlace()
+    skipped = []
+    for ref in graph.refs:
+        if ref.role != "consumer" or ref.op_index not in means:
+            continue
+        pos = removed_positions(ref.segments, plan.removed)
+        if not len(pos):
+            continue
+        op = graph.block.ops[ref.op_index]
+        target = _bias_after(graph, ref.op_index)
+        if target is None:
+            skipped.append(ref.param)
+            continue
+        w = _tensor(scope, ref.param).astype(np.float64)
+        mean = np.asarray(means[ref.op_index])[pos]
+        if op.type == "conv2d":  # [out, in, kh, kw]
+            delta = np.einsum("oi,i->o", w[:, pos].sum(axis=(2, 3)), mean)
+        elif op.type == "conv2d_transpose":  # [in, out, kh, kw]; taps per output pixel: k*k / stride^2
+            strides = list(op.attr("strides")) if op.has_attr("strides") else [1, 1]
+            taps = w.shape[2] * w.shape[3] / float(np.prod(strides))
+            delta = np.einsum("io,i->o", w[pos].mean(axis=(2, 3)), mean) * taps
+        else:  # matmul / fc: rows are the channel axis
+            rows = w[pos] if ref.axis == 0 else w[:, pos].T
+            delta = mean @ rows
+        kind, param = target
+        arr = _tensor(scope, param)
+        arr = (arr.reshape(-1) + (delta if kind == "bias" else -delta)).astype(arr.dtype).reshape(arr.shape)
+        _set_tensor(scope, param, arr, place)
+    return skipped
+
+
 def zero_pruned_inputs(scope, graph: ChannelGraph, plan: ChannelPlan, place=None) -> None:
     """On the *original* model: zero every consumer weight that reads a pruned channel. The result
     computes what the pruned model computes (the reference for the equivalence test)."""
@@ -198,21 +336,31 @@ def zero_pruned_inputs(scope, graph: ChannelGraph, plan: ChannelPlan, place=None
             _set_tensor(scope, ref.param, arr, place)
 
 
-def prune_loaded(model, config, place=None):
+def prune_loaded(model, config, place=None, calib=None):
     """Prune a `LoadedModel` in place (its program and scope are private copies from load_model).
+    `calib`: feed dicts or a FeedSource (4 batches are read): the statistics for criterion 'activation'
+    and for `compensate_means`; None prunes data-free (no compensation).
     Returns (graph, plan)."""
     config = build(PruneConfig, config)
     if config.prune_algo != "prune":
         raise ConfigError("prune_loaded handles prune_algo 'prune'; use prune.asp for 'asp'")
     graph = analyze(model.program, model.feed_names, model.fetch_names)
     targets = resolve_targets(graph, config.prune_params_name)
-    plan = plan_pruning(graph, model.scope, targets, config.pruned_ratio, config.criterion)
+    stats = consumer_input_stats(model, graph, calib) if calib is not None else None
+    plan = plan_pruning(graph, model.scope, targets, config.pruned_ratio, config.criterion, stats)
+    if stats is not None:
+        skipped = compensate_means(model.scope, graph, plan, stats.mean,
+                                   place or getattr(model.executor, "place", None))
+        if skipped:
+            log.info("mean compensation: no bias or batch norm after %s; their removed inputs are dropped as is",
+                     skipped)
     apply_plan(model.program, model.scope, graph, plan, place or getattr(model.executor, "place", None))
     return graph, plan
 
 
-def prune_model(files, config, out_dir, feed_shapes=None, place=None) -> dict:
+def prune_model(files, config, out_dir, feed_shapes=None, place=None, calib=None) -> dict:
     """Load `files` (never modified), prune channels, save atomically into `out_dir`.
+    `calib` (feed dicts or a FeedSource; a few batches are read): mean compensation, see prune_loaded.
 
     Returns {model_files, params/flops/size before and after, pruned: {weight: {channels, removed}}}.
     prune_algo 'asp' is delegated to `asp.asp_model` (2:4 masks, same shape).
@@ -229,7 +377,7 @@ def prune_model(files, config, out_dir, feed_shapes=None, place=None) -> dict:
     with legacy_ir():
         model = model_io.load_model(files, place)
         before = _stats(model, feed_shapes)
-        _, plan = prune_loaded(model, config, place)
+        _, plan = prune_loaded(model, config, place, calib=calib)
         after_flops = model_io.count_flops(model.program, model.feed_names, feed_shapes)
         saved = model_io.save_model(model, out_dir, {
             "strategy": "prune", "parent": model_io.sha256_file(files.model_path),
@@ -256,5 +404,6 @@ def reduction(before, after) -> float | None:
     return None if not before or after is None else 1.0 - after / before
 
 
-__all__ = ["CRITERIA", "ChannelPlan", "channel_scores", "resolve_targets", "plan_pruning", "apply_plan",
-           "zero_pruned_inputs", "prune_loaded", "prune_model", "reduction"]
+__all__ = ["CRITERIA", "ChannelPlan", "InputStats", "channel_scores", "resolve_targets", "plan_pruning", "apply_plan",
+           "zero_pruned_inputs", "consumer_input_stats", "compensate_means", "prune_loaded", "prune_model",
+           "reduction"]

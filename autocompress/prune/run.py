@@ -106,7 +106,8 @@ def run_prune_distill(model_files, train_source, evaluator, prune_config, distil
         before = _stats(student, feed_shapes)
         plan = None
         if not pruned_input:
-            _, plan = prune_loaded(student, pc, place)  # in place, on this private copy
+            # in place, on this private copy; a few training batches for the mean compensation
+            _, plan = prune_loaded(student, pc, place, calib=_calib(train_source, student.feed_names))
         else:
             before = _stats(teacher, feed_shapes)
         after = _stats(student, feed_shapes)
@@ -150,6 +151,12 @@ def _total_iters(tc: TrainConfig, train_source, feed_names) -> int:
     if not n or n < 0:
         n = sum(1 for _ in source.batches())  # a generator: one counting pass (GMP needs the length)
     return int(tc.epochs) * int(n)
+
+
+def _calib(train_source, feed_names):
+    from ..data import FeedSource
+
+    return train_source if hasattr(train_source, "batches") else FeedSource.from_any(train_source, feed_names)
 
 
 def _load_pair(dc, model_files, place):

@@ -131,7 +131,7 @@ def _train(job, original, model_files, primary, evaluation, save_dir, work, plac
     student, records = original, []
     if "prune" in job.strategy.stages:
         with StageTimer("prune") as t:
-            student = prune(original, job.configs["PruneConfig"], work / "prune", place)
+            student = prune(original, job.configs["PruneConfig"], work / "prune", place, calib=primary)
         records.append(t.record)
     with StageTimer("distill_train") as t:
         trained = distill_train(job, student, model_files, primary, evaluation, save_dir, place, progress)

@@ -8,15 +8,17 @@ from ..locations import local_path
 from .artifact import ModelArtifact
 
 
-def prune(model: ModelArtifact, prune_config, work_dir, place=None) -> ModelArtifact:
+def prune(model: ModelArtifact, prune_config, work_dir, place=None, calib=None) -> ModelArtifact:
     """Remove channels (PruneConfig, prune_algo 'prune'; the result is physically smaller) or apply
-    2:4 masks (prune_algo 'asp'; kept while training)."""
+    2:4 masks (prune_algo 'asp'; kept while training). `calib`: a few batches for the channel
+    pruner's mean compensation (prune.channel.compensate_means); None prunes data-free."""
     from ..model_io import summarize
     from ..prune.channel import prune_model
 
     inputs = model.meta.get("inputs") or summarize(model.files).get("inputs") or []
     shapes = {i["name"]: [1 if d < 0 else d for d in i["shape"]] for i in inputs}
-    result = prune_model(model.files, prune_config, Path(work_dir) / "model", feed_shapes=shapes or None, place=place)
+    result = prune_model(model.files, prune_config, Path(work_dir) / "model", feed_shapes=shapes or None, place=place,
+                          calib=calib)
     out = ModelArtifact.from_result(result, model, "prune")
     out.meta["pruned"] = result.get("pruned")
     return out
