@@ -32,16 +32,33 @@ def cmd_run(args) -> int:
         from .runner import run_config
 
         summary = run_config(args.config, save_dir=args.save_dir, progress=not args.quiet)
-        _print_result(summary)
+        if summary.get("mode") == "auto":  # auto mode's candidates table; exit 3 when the target is not met
+            code = _auto_result(summary)
+        else:
+            _print_result(summary)
+            code = 0
         if args.publish:
             _publish(summary, args.publish)
-        return 0
+        return code
     from .kfp.local_run import run_local
 
     run = run_local(args.config, save_dir=args.save_dir, publish_uri=args.publish, runner=args.runner,
                     progress="verbose" if args.verbose_stages else not args.quiet)
+    if run.summary.get("mode") == "auto":
+        return _auto_result(run.summary)
     _print_result(run.summary, paths=args.quiet)
     return 0
+
+
+def _auto_result(summary: dict) -> int:
+    """Auto mode's terminal table and where the results are; the exit code (3: target not met)."""
+    from .auto.report import terminal_table
+
+    print()
+    print(terminal_table(summary))
+    print(f"\nmodel:   {summary.get('model_dir')}\nreport:  {summary['save_dir']}/report.html "
+          f"(and report.md, summary.json)")
+    return 0 if summary["target_met"] else 3
 
 
 def _publish(summary: dict, uri: str) -> None:
@@ -53,9 +70,11 @@ def _publish(summary: dict, uri: str) -> None:
 
     save_dir = Path(summary["save_dir"])
     base = uri.rstrip("/")
-    publish(summary["model_dir"], f"{base}/model")
-    for name in ("summary.json", "report.md"):
-        publish(save_dir / name, f"{base}/{name}")
+    if summary.get("model_dir"):  # auto mode without a finished candidate has none
+        publish(summary["model_dir"], f"{base}/model")
+    for name in ("summary.json", "report.md", "report.html"):  # report.html: auto mode's
+        if (save_dir / name).exists():
+            publish(save_dir / name, f"{base}/{name}")
     print(f"published: {base}")
 
 
@@ -135,29 +154,16 @@ def optimize_config(args) -> dict:
 
 
 def cmd_optimize(args) -> int:
-    from .auto.report import terminal_table
     from .config import load_run_config
     from .runner import run_config
 
-    summary = run_config(load_run_config(optimize_config(args)), progress=not args.quiet)
-    print()
-    print(terminal_table(summary))
-    print(f"\nmodel:   {summary.get('model_dir')}\nreport:  {summary['save_dir']}/report.html "
-          f"(and report.md, summary.json)")
-    return 0 if summary["target_met"] else 3
+    return _auto_result(run_config(load_run_config(optimize_config(args)), progress=not args.quiet))
 
 
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
-    from .auto.report import terminal_table
-
-    summary = run_demo(save_dir=args.save_dir, progress=not args.quiet)
-    print()
-    print(terminal_table(summary))
-    print(f"\nmodel:   {summary.get('model_dir')}\nreport:  {summary['save_dir']}/report.html "
-          f"(and report.md, summary.json)")
-    return 0 if summary["target_met"] else 3
+    return _auto_result(run_demo(save_dir=args.save_dir, progress=not args.quiet))
 
 
 def cmd_convert(args) -> int:

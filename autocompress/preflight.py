@@ -19,12 +19,13 @@ def _local(location) -> bool:
     return bool(location) and "://" not in str(location)
 
 
-def preflight(rc: RunConfig, save_dir) -> Job:
-    """Raise the AutoCompressError a pipeline stage would raise, before any stage runs. Returns the job."""
+def preflight(rc: RunConfig, save_dir) -> Job | None:
+    """Raise the AutoCompressError a pipeline stage would raise, before any stage runs. Returns the job
+    (None for auto mode, whose candidates are jobs the search builds)."""
     from .metrics import load_metric
     from .paddle_env import resolve_device
 
-    job = Job.from_run_config(rc)
+    job = None if rc.combination == "auto" else Job.from_run_config(rc)
     resolve_device(rc.Device)           # unknown device, gpu on a CPU build
     load_metric(rc.Eval.metric)         # an unknown or unimportable metric plugin
     if not _local(rc.Model.model_dir):
@@ -35,7 +36,8 @@ def preflight(rc: RunConfig, save_dir) -> Job:
 
     files = locate_model(rc.Model.model_dir, rc.Model.model_filename, rc.Model.params_filename)
     check_save_dir(Path(save_dir), files.model_dir)
-    check_teachers(job)
+    if job is not None:
+        check_teachers(job)
     if files.format != "pdmodel":
         # a PIR input runs on a translated legacy working copy (stages.formats): translating and
         # verifying it is a stage's work, so the model-bound checks happen there
@@ -47,7 +49,8 @@ def preflight(rc: RunConfig, save_dir) -> Job:
             if _local(location):
                 _check_split(location, f"Data.{split}", rc.Data.batch_size, model,
                              labels=split in ("eval", "test") and rc.Eval.metric in ("top1", "top5"))
-        check_names(job, model)
+        if job is not None:
+            check_names(job, model)
     return job
 
 

@@ -19,7 +19,11 @@ from autocompress.version import __version__  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = REPO / "pipelines" / "compiled"
 COMPONENTS = REPO / "components" / "compiled"
-HEAVY = {"calibrate", "ptq-trial", "prune", "distill-train", "evaluate"}
+HEAVY = {"calibrate", "ptq-trial", "prune", "distill-train", "evaluate", "auto-branch", "auto-select"}
+# not cached: loads (the URIs may point at new content), training, the deliverable, and auto mode's
+# stages (the plan records the time budget's start; branches train; the ranking measures latency now)
+UNCACHED = {"distill-train", "export", "load-model", "load-data", "auto-plan", "auto-branch", "auto-select",
+            "auto-export"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def _executor(spec, task) -> tuple[str, dict]:
 
 def test_every_combination_compiles_in_both_variants(compiled):
     assert sorted(p.stem for p in compiled[1].glob("*.yaml")) == sorted(pipelines.names())
-    assert len(pipelines.names()) == 12
+    assert len(pipelines.names()) == 14  # six strategies and auto, GPU and CPU
 
 
 def test_committed_compiled_files_are_current():
@@ -106,12 +110,14 @@ def test_caching_retries_images(compiled, name):
             continue
         base = re.sub(r"-\d+$", "", task_name)
         cache = task.get("cachingOptions", {}).get("enableCache", False)
-        if base in ("distill-train", "export", "load-model", "load-data"):
+        if base in UNCACHED:
             assert cache is False, f"{task_name} must not be cached"
         else:
             assert cache is True, f"{task_name} should be cached"
         if base == "distill-train":
             assert task["retryPolicy"]["maxRetryCount"] == 3
+        if base == "auto-branch":
+            assert task["retryPolicy"]["maxRetryCount"] == 1
         _, container = _executor(spec, task)
         assert container["image"] == (GPU_IMAGE if base in HEAVY else CPU_IMAGE)
         assert container["image"].endswith(__version__) or container["image"].endswith(f"{__version__}-gpu")
@@ -175,5 +181,5 @@ def test_image_override_and_component_specs(tmp_path):
     assert "ghcr.io/autocompress" not in text and f"registry.local/ac:{__version__}" in text
     comps = kfp_compile.compile_pipelines(tmp_path / "p2", names=["distill"], components_dir=tmp_path / "c")
     assert sorted(p.stem for p in comps if p.parent == tmp_path / "c") == sorted(
-        ["calibrate", "distill_train", "evaluate", "export", "load_data", "load_model", "prune", "ptq_trial",
-         "select_best"])
+        ["auto_branch", "auto_export", "auto_plan", "auto_select", "calibrate", "distill_train", "evaluate", "export",
+         "load_data", "load_model", "prune", "ptq_trial", "select_best"])

@@ -39,6 +39,16 @@ def _job(config, stage: str | None = None, **settings) -> Job:
     return job
 
 
+def _validate(config) -> None:
+    """The pipeline config checked as its pipeline reads it: auto mode's sections, or a strategy's job."""
+    from . import auto_adapters
+
+    if auto_adapters.is_auto(config):
+        auto_adapters.parse_config(config)
+    else:
+        _job(config)
+
+
 def _dataset(folder, batch_size: int):
     from ..data.dataset import read_dataset
 
@@ -105,7 +115,7 @@ def load_model(uri: str, dest, model_filename: str | None = None, params_filenam
     from ..model_io import locate_model
 
     if config is not None:
-        _job(config)
+        _validate(config)
     with StageTimer("load_model") as t, tempfile.TemporaryDirectory(prefix="ac-model-") as tmp:
         files = locate_model(local_path(uri, Path(tmp) / "in", "model_uri"), model_filename or None,
                              params_filename or None)

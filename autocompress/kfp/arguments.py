@@ -19,35 +19,44 @@ def pipeline_arguments(config, *, gpu: bool = False, publish_uri: str | None = N
     """The pipeline name and its arguments for a run config. `extra` overrides/adds pipeline
     parameters (e.g. gpu_count, tolerations); unknown names are errors."""
     rc = run_config(config)
-    job = Job.from_run_config(rc)
-    strategy = job.strategy
     data = rc.Data
-    primary = (data.calib or data.train) if strategy.data_role == "calibration" else data.train
+    if rc.combination == "auto":  # auto mode's pipeline: the candidates train and calibrate on Data.train
+        from .auto_adapters import pipeline_config
+        from .pipelines import auto
+
+        name, data_param, text = auto.pipeline_name(gpu), "train_data_uri", pipeline_config(rc.strategy["Auto"], rc.train)
+        role = "auto mode uses it to train and calibrate the candidates"
+        primary, extra = data.train, {"calib_data_uri": data.calib or "", **(extra or {})}
+    else:
+        job = Job.from_run_config(rc)
+        strategy = job.strategy
+        name, data_param, text = strategy.pipeline_name(gpu), strategy.data_param, job.pipeline_config()
+        role = f"the {strategy.name} strategy uses it for {strategy.data_role}"
+        primary = (data.calib or data.train) if strategy.data_role == "calibration" else data.train
     if not primary:
-        raise ConfigError(f"Data.train is required (the {strategy.name} strategy uses it for {strategy.data_role})")
+        raise ConfigError(f"Data.train is required ({role})")
     if not data.eval:
         raise ConfigError("Data.eval is required (the data the budget is measured on)")
     args: dict[str, Any] = {
-        "model_uri": rc.Model.model_dir, strategy.data_param: primary, "eval_data_uri": data.eval,
+        "model_uri": rc.Model.model_dir, data_param: primary, "eval_data_uri": data.eval,
         "test_data_uri": data.test or "",
-        "config": job.pipeline_config(), "metric": rc.Eval.metric, "max_drop": rc.Eval.max_drop,
+        "config": text, "metric": rc.Eval.metric, "max_drop": rc.Eval.max_drop,
         "drop_type": rc.Eval.drop_type, "model_filename": rc.Model.model_filename or "",
         "params_filename": rc.Model.params_filename or "", "device": rc.Device, "batch_size": data.batch_size,
         "publish_uri": publish_uri or "",
     }
-    if trial_shards is not None and "ptq_search" in strategy.stages:  # the search's ParallelFor width
+    if trial_shards is not None and rc.combination != "auto" and "ptq_search" in strategy.stages:  # fan-out width
         args["trial_shards"] = int(trial_shards)
     if s3_endpoint is not None:
         args["s3_endpoint"] = s3_endpoint
     if object_store_secret:
         args["object_store_secret"] = object_store_secret
     args.update(extra or {})
-    name = strategy.pipeline_name(gpu)
     known = set(pipeline_inputs(pipelines_module().by_name(name)))
     unknown = sorted(set(args) - known)
     if unknown:
         raise ConfigError(f"the {name} pipeline has no parameters {unknown}; it has: {sorted(known)}")
-    for key in ("model_uri", strategy.data_param, "eval_data_uri"):
+    for key in ("model_uri", data_param, "eval_data_uri"):
         _check_location(args[key], key)
     return name, args
 
