@@ -117,13 +117,14 @@ def _list_map_keys(validator, keys, instance, schema):
         return
     from jsonschema import ValidationError
 
+    defaults = {k: sub.get("default") for k, sub in schema.get("items", {}).get("properties", {}).items()}
     seen = set()
     for item in instance:
-        if isinstance(item, dict):
-            key = tuple(repr(item.get(k)) for k in keys)
-            if key in seen:
+        if isinstance(item, dict):  # a missing key counts as its default (a port's protocol: TCP)
+            key = tuple(item.get(k, defaults.get(k)) for k in keys)
+            if repr(key) in seen:
                 yield ValidationError(f"duplicate entry for list-map keys {keys}: {dict(zip(keys, key))}")
-            seen.add(key)
+            seen.add(repr(key))
 
 
 def validator_for(openapi_schema: dict):

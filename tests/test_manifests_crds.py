@@ -66,15 +66,15 @@ def test_every_committed_custom_resource_is_in_a_rendered_folder():
 
 
 def test_kept_schemas_come_from_the_pinned_sources():
-    sources = _refresh_module().SOURCES
-    kept = kept_schemas()
+    refresh = _refresh_module()
+    sources, kept, readme = refresh.SOURCES, kept_schemas(), (CRDS / "README.md").read_text()
     assert set(kept) == set(sources)
     for key, (repo, ref, path, license_) in sources.items():
         source = kept[key]["source"]
         assert (source["repository"], source["ref"], source["path"], source["license"]) == \
             (f"https://github.com/{repo}", ref, path, license_), f"rerun tests/crds/refresh.py ({key})"
-        assert kept[key]["path"] == _refresh_module().kept_file(*key)
-        assert (CRDS / "README.md").read_text().count(ref), f"tests/crds/README.md does not name {repo} {ref}"
+        assert kept[key]["path"] == refresh.kept_file(*key)
+        assert f"`{ref}`" in readme, f"tests/crds/README.md does not name {repo} {ref}"
 
 
 # ---- rejected: what the schemas must catch ------------------------------------------------------------
@@ -117,13 +117,17 @@ def test_pod_template_rules_from_the_crd():
     container = job["spec"]["paddleReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     container["resources"]["limits"]["memory"] = "32 gigabytes"
     container["resources"]["limits"]["cpu"] = 8  # a number is a quantity too
-    container["ports"][0]["containerPort"] = 2**31
     container["env"].append(dict(container["env"][0]))  # the same name twice: env is a list-map keyed by name
+    container["ports"].append({"name": "again", "containerPort": 36543, "protocol": "TCP"})  # protocol defaults to TCP
+    del container["ports"][0]["protocol"]
+    container["ports"].append({"name": "big", "containerPort": 2**31})
     found = "\n".join(violations(job))
     assert ".resources.limits.memory: '32 gigabytes' does not match" in found
     assert ".resources.limits.cpu" not in found
-    assert ".ports[0].containerPort: 2147483648 is not a 'int32'" in found
+    assert ".ports[2].containerPort: 2147483648 is not a 'int32'" in found
     assert ".containers[0].env: duplicate entry for list-map keys ['name']" in found
+    assert ".containers[0].ports: duplicate entry for list-map keys ['containerPort', 'protocol']: " \
+           "{'containerPort': 36543, 'protocol': 'TCP'}" in found
 
 
 def test_metadata_is_checked_as_the_api_server_does():
