@@ -19,17 +19,21 @@ tool venv, e.g. on Python 3.13, for which 1.3.1 has no wheel): it needs nothing 
 
 Check: the ONNX model and the Paddle model (Paddle Inference, stock CPU Config, oneDNN off: int8
 programs run their quantize/dequantize ops as written) on the same sample feed.
-- FP32: every output within `FP32_RTOL` (max |onnx - paddle| <= 1e-4 * max(1, max |paddle|)), else
-  nothing is written. Measured on PP-OCRv4 det/rec/cls: <= 2.1e-6.
+- FP32: every output within `FP32_RTOL` (max |onnx - paddle| <= 1e-3 * max(1, max |paddle|)), else
+  nothing is written. The bound is the float noise of a deep model run by two runtimes: Paddle's own
+  stock and oneDNN CPU runtimes give PP-OCRv4 rec outputs up to 1.7e-4 apart on rendered lines, and ONNX
+  Runtime is 1.2e-4 from the stock one there (det on a page: 2.3e-5; cls: < 1e-6).
 - int8: two int8 runtimes never agree element-wise: ONNX Runtime runs int8 kernels that requantize at
   the observer scales, Paddle's stock runtime computes in float between quantize ops, and one rounding
-  step flips outputs downstream. The check is the mean |onnx - paddle| <= `INT8_MEAN_RTOL` (0.05) *
-  max(1, max |paddle|), which catches a misread quantization (a wrong scale or axis moves every
-  output), enforced when the feed is real data (`feed=`, CLI `--feed x.npz`); on the generated
-  random feed the numbers are recorded only (random inputs sit near every decision boundary: the cls
-  model's int8 softmax differs by 0.14 on average between Paddle's own stock and oneDNN int8 runtimes
-  there). The argmax agreement over the last axis is recorded too. Trust the metric on real data:
-  `benchmarks/onnx_export.py` measures it on PP-OCRv4 det/rec/cls.
+  step flips outputs downstream. The check is the relative L1 difference, sum |onnx - paddle| /
+  sum |paddle| <= `INT8_REL_L1` (0.5), per output: a misread quantization (a wrong scale or axis)
+  moves all of the output's mass (1 to 2), a sound int8 export a little of it (measured on real
+  inputs: cls 0.02, rec 0.17, det 0.1; a max or mean bound would say nothing on rec's 6625-class
+  softmax, mostly zeros). It is enforced when the feed is real data (`feed=`, CLI `--feed x.npz`); on
+  the generated random feed the numbers are recorded only (random inputs sit near every decision
+  boundary: the cls model's int8 softmax differs by 0.14 on average between Paddle's own stock and
+  oneDNN int8 runtimes there). The argmax agreement over the last axis is recorded too. Trust the
+  metric on real data: `benchmarks/onnx_export.py` measures it on PP-OCRv4 det/rec/cls.
 The result goes into `OUT_DIR/autocompress.json` under "onnx".
 """
 from __future__ import annotations
@@ -60,8 +64,8 @@ ONNX_FILE = "model.onnx"
 OPSET = 13  # QuantizeLinear / DequantizeLinear with a per-channel axis
 PADDLE2ONNX = "1.3"  # the converter series that reads the PP-OCR programs
 PYTHON_ENV = "AUTOCOMPRESS_PADDLE2ONNX_PYTHON"
-FP32_RTOL = 1e-4
-INT8_MEAN_RTOL = 0.05
+FP32_RTOL = 1e-3
+INT8_REL_L1 = 0.5
 INSTALL_HINT = "pip install 'autocompress[onnx]' (paddle2onnx==1.3.1 and onnxruntime)"
 
 # The child: load paddle2onnx's C++ extension without its package __init__ (that imports Paddle), convert.
@@ -194,19 +198,21 @@ def check_onnx(files: ModelFiles, onnx_path: Path, feed: dict, int8: bool, real_
         r64, g64 = r.astype(np.float64), g.astype(np.float64)
         scale = max(1.0, float(np.abs(r64).max()) if r.size else 0.0)
         diff = np.abs(r64 - g64) if r.size else np.zeros(1)
-        row = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "scale": scale}
+        row = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "scale": scale,
+               "rel_l1": float(diff.sum() / max(float(np.abs(r64).sum()), 1e-30))}
         if r.ndim >= 2 and r.shape[-1] > 1:
             row["argmax_agreement"] = float((r.argmax(-1) == g.argmax(-1)).mean())
-        ok = (row["max_abs_diff"] <= FP32_RTOL * scale) if not int8 else (row["mean_abs_diff"] <= INT8_MEAN_RTOL * scale)
+        ok = (row["max_abs_diff"] <= FP32_RTOL * scale) if not int8 else (row["rel_l1"] <= INT8_REL_L1)
         passed = passed and bool(ok)  # NaN fails both
         per_output[name] = row
     enforced = not int8 or real_feed
     tolerance = (f"max |onnx - paddle| <= {FP32_RTOL} * max(1, max |paddle|)" if not int8 else
-                 f"mean |onnx - paddle| <= {INT8_MEAN_RTOL} * max(1, max |paddle|)"
+                 f"sum |onnx - paddle| / sum |paddle| <= {INT8_REL_L1}"
                  + ("" if real_feed else " (not enforced: generated random feed; pass a real one)"))
     check = {"inputs": shapes, "outputs": per_output, "tolerance": tolerance, "passed": passed, "enforced": enforced,
              "max_abs_diff": max(r["max_abs_diff"] for r in per_output.values()),
              "mean_abs_diff": max(r["mean_abs_diff"] for r in per_output.values()),
+             "rel_l1": max(r["rel_l1"] for r in per_output.values()),
              "reference": "Paddle Inference CPU, stock Config, oneDNN off",
              "runtime": f"ONNX Runtime {onnxruntime.__version__} CPUExecutionProvider"}
     if enforced and not passed:
@@ -216,7 +222,8 @@ def check_onnx(files: ModelFiles, onnx_path: Path, feed: dict, int8: bool, real_
 
 
 def describe_check(check: dict) -> str:
-    return (f"max |onnx - paddle| = {check['max_abs_diff']:.3g}, mean {check['mean_abs_diff']:.3g} on {check['inputs']}"
+    return (f"max |onnx - paddle| = {check['max_abs_diff']:.3g}, mean {check['mean_abs_diff']:.3g}, relative L1 "
+            f"{check['rel_l1']:.3g} on {check['inputs']}"
             f" ({'within' if check['passed'] else 'NOT within'} {check['tolerance']})")
 
 
@@ -248,10 +255,17 @@ def onnx_predictor(onnx_path, threads: int = 1):
 
 def cached_onnx(files: ModelFiles) -> Path:
     """The ONNX export of `files` for the 'onnxruntime' runtime, made on first use and cached by the model
-    files' sha256 under the temp dir (`autocompress-onnx-cache/`), so the latency rounds and the metric
-    on that runtime reuse one export."""
+    files' sha256 in a private folder of the temp dir (`autocompress-onnx-cache-<uid>/`, mode 0700), so
+    the latency rounds and the metric on that runtime reuse one export. A cached file whose sha256 no
+    longer matches its metadata is exported again."""
     digest = hashlib.sha256("".join(sha256_file(p) for p in files.files()).encode()).hexdigest()[:24]
-    folder = Path(tempfile.gettempdir()) / "autocompress-onnx-cache" / digest
-    if not (folder / ONNX_FILE).is_file():
+    root = Path(tempfile.gettempdir()) / f"autocompress-onnx-cache-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    if root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o077:
+        raise ModelError(f"the ONNX cache folder {root} is not private to this user; remove it (it is rebuilt)")
+    folder = root / digest
+    onnx_path = folder / ONNX_FILE
+    recorded = ((read_metadata(folder) or {}).get("onnx") or {}).get("sha256") if onnx_path.is_file() else None
+    if recorded is None or recorded != sha256_file(onnx_path):
         export_onnx(files.model_dir, folder, files.model_filename, files.params_filename)
-    return folder / ONNX_FILE
+    return onnx_path
