@@ -422,8 +422,8 @@ class DeploySection(_Config):
 
     runtimes: every runtime the model will run on (latency measured on each, warm, interleaved with
     the original): 'onednn' (Paddle Inference CPU with oneDNN; int8 switch on for int8 models),
-    'paddle-cpu' (a stock paddle.inference.Config), 'openvino' (OpenVINO reading the Paddle model;
-    `pip install 'autocompress[openvino]'`), 'onnxruntime' (ONNX Runtime CPU on the model's ONNX export,
+    'paddle-cpu' (a stock paddle.inference.Config), 'openvino' (OpenVINO reading the Paddle model, an int8 one
+    through its ONNX QDQ export; `pip install 'autocompress[openvino,onnx]'`), 'onnxruntime' (ONNX Runtime CPU on the model's ONNX export,
     int8 as QDQ; `pip install 'autocompress[onnx]'`), 'gpu', 'tensorrt'. Default: the job's own target.
     batch_size: the deployment batch (default: the first eval batch's size); batch 1 is measured too.
     allow_slower: a compressed model slower than the original on a named runtime at the deployment
