@@ -98,8 +98,10 @@ def ensure_daemon(start: bool = True, wait: float = 60.0) -> str:
         return "running"
     if shutil.which("docker") is None:
         raise BuildError("the docker client is not installed: install Docker (Debian: apt-get install docker.io)")
-    if not start:
-        raise BuildError("no Docker daemon answers (`docker info` failed): start one, or set DOCKER_HOST")
+    elsewhere = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock") != "unix:///var/run/docker.sock"
+    if not start or elsewhere:
+        raise BuildError(f"no Docker daemon answers at {os.environ.get('DOCKER_HOST', 'the default socket')} "
+                         "(`docker info` failed): start it, or point DOCKER_HOST at a running one")
     if shutil.which("dockerd") is None:
         raise BuildError("no Docker daemon answers and dockerd is not installed: install Docker (Debian: "
                          "apt-get install docker.io) or set DOCKER_HOST to a running daemon")
