@@ -49,8 +49,9 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
     Every stage runs in its own process with this interpreter (so this environment needs the engine
     installed, as the image has). Artifacts go to `pipeline_root` (default `<save_dir>/pipeline-root`);
     the deliverable is published into `save_dir` (default the config's SaveDir): `model/`,
-    `summary.json`, `report.md`. PTQ search runs as `trial_shards` parts (1: one process does all
-    trials, the fastest on one machine). `publish_uri` (e.g. s3://bucket/prefix) makes the export stage
+    `summary.json`, `report.md` (an Auto config runs the auto pipeline: report.html too, and no
+    trials.json). PTQ search runs as `trial_shards` parts (1: one process does all trials, the fastest
+    on one machine). `publish_uri` (e.g. s3://bucket/prefix) makes the export stage
     publish there as well. Progress is one line per stage; every stage's full log goes
     to `<pipeline_root>/<pipeline>-<time>.log` (`progress="verbose"` echoes it, False prints nothing).
     """
@@ -112,13 +113,15 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
                            + f"--- end of the log ({log_path}) ---\n{tail}") from None
     wall = time.perf_counter() - start
     if publish_uri or not local_publish:  # the deliverable lands in save_dir from the export artifact
-        exported = sorted(root.glob("*/export/exported"), key=lambda p: p.stat().st_mtime)
+        exported = sorted(root.glob("*/*export/exported"), key=lambda p: p.stat().st_mtime)  # auto-export too
         if not exported:
             raise KFPError(f"the {name} pipeline finished but its export artifact is missing under {root}")
         from ..atomic import replace_dir
 
-        for child in ("model", "summary.json", "report.md", "trials.json"):
+        for child in ("model", "summary.json", "report.md", "trials.json", "report.html"):
             src, dst = exported[-1] / child, save / child
+            if not src.exists():  # auto mode: no trials.json (and no model when no candidate finished)
+                continue
             if src.is_dir():
                 tmp = save / f".{child}.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -131,19 +134,25 @@ def run_local(config, save_dir: str | os.PathLike | None = None, *, pipeline_roo
         raise KFPError(f"the {name} pipeline finished but wrote no {summary_path}; see the logs above")
     summary = json.loads(summary_path.read_text())
     if not local_publish:  # as the export stage records a local publish
-        summary.update(model_dir=str(save / "model"), save_dir=str(save))
+        summary.update(model_dir=str(save / "model") if summary.get("model_dir") else None, save_dir=str(save))
     # the run's cost is the pipeline's wall time; the stages' own compute time stays beside it
     summary.update(stage_seconds=summary.get("seconds"), seconds=wall, pipeline=name,
                    pipeline_root=str(root), pipeline_log=str(log_path))
     from ..summary import write_summary
 
-    write_summary(save, summary)
+    auto = summary.get("mode") == "auto"
+    if auto:  # auto mode's summary; its report.md / report.html came with the deliverable
+        from ..atomic import write_json_atomic
+
+        write_json_atomic(summary_path, summary)
+    else:
+        write_summary(save, summary)
     run = LocalRun(summary, save, root, name, wall)
     for line in stage_table(summary):
         echo(line)
     echo(f"model:   {run.model_dir}")
     echo(f"summary: {summary_path}")
-    echo(f"report:  {save / 'report.md'}")
+    echo(f"report:  {save / ('report.html' if auto else 'report.md')}")
     return run
 
 
