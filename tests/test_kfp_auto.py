@@ -129,7 +129,8 @@ def _yaml(tmp_path, model_dir, data, **auto) -> Path:
 
 @pytest.fixture(scope="module")
 def piped(tmp_path_factory, digits_files, digits_datasets):
-    """`autocompress run` on an Auto YAML: the auto_cpu pipeline through the KFP local runner."""
+    """`autocompress run --publish DIR` on an Auto YAML: the auto_cpu pipeline through the KFP local
+    runner; the export stage publishes to DIR and the deliverable lands in SaveDir too."""
     from conftest import tree_hashes
 
     from autocompress.cli import main
@@ -137,7 +138,8 @@ def piped(tmp_path_factory, digits_files, digits_datasets):
     tmp = tmp_path_factory.mktemp("auto-pipeline")
     before = tree_hashes(digits_files.model_dir)
     start = time.perf_counter()
-    code = main(["run", str(_yaml(tmp, digits_files.model_dir, digits_datasets)), "--quiet"])
+    code = main(["run", str(_yaml(tmp, digits_files.model_dir, digits_datasets)), "--quiet",
+                 "--publish", str(tmp / "published")])
     wall = time.perf_counter() - start
     assert tree_hashes(digits_files.model_dir) == before  # the input is never modified
     save = tmp / "out"
@@ -170,7 +172,13 @@ def test_the_chosen_model_and_the_reports_come_out(piped, digits_files):
         assert s["chosen"] == max(eligible, key=lambda c: c["speedup"])["id"] and s["target_met"]
     assert s["chosen"] in {c["id"] for c in done}
     assert (save / "model" / digits_files.model_filename).exists() and (save / "model" / "MODEL_CARD.md").exists()
-    assert s["model_dir"] == str(save / "model") and s["save_dir"] == str(save)
+    published = save.parent / "published"
+    assert s["model_dir"] == str(published / "model") and s["save_dir"] == str(published)
+    for folder in (save, published):
+        assert sorted(p.name for p in folder.iterdir() if p.name != "pipeline-root") == [
+            "model", "report.html", "report.md", "summary.json"]
+        assert sorted(p.name for p in (folder / "model").iterdir()) == sorted(
+            p.name for p in (save / "model").iterdir())
     html = (save / "report.html").read_text()
     assert '<table id="candidates">' in html and "data:image/png;base64," in html
     assert not re.search(r"https?://", html)  # self-contained: nothing fetched from the network
