@@ -1,10 +1,13 @@
 """Atomic outputs: write into a temporary sibling folder, rename into place on success.
 
-A failed stage leaves no half-written folder where a good one is expected (DESIGN §9).
+A failed stage leaves no half-written folder where a good one is expected (DESIGN §9). A process
+killed mid-write (SIGKILL, OOM) cannot clean up: its temporary siblings carry its pid, and the next
+write of the same target removes those whose process is gone.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -25,12 +28,46 @@ def as_if_created(path: str | os.PathLike, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def temp_prefix(target: Path) -> str:
+    """The prefix of `target`'s temporary siblings: hidden, and naming the writing process."""
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_stale(target: Path) -> list[Path]:
+    """Remove the temporary siblings of `target` (`.NAME.tmp-PID-*`, `.NAME.old-PID`) left by a
+    process that was killed mid-write. Returns what was removed."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for path in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"):
+            pid = path.name[len(target.name) + len(kind) + 3:].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike):
     """Yield a fresh temporary folder; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     as_if_created(tmp, directory=True)
     try:
         yield tmp
@@ -55,7 +92,8 @@ def replace_dir(src: Path, target: Path) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     as_if_created(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -322,9 +322,29 @@ def save_model(model: LoadedModel, out_dir, metadata: dict, program=None, fetch_
             paddle.static.save_inference_model(str(tmp / stem), feed_vars, fetch_vars, model.executor,
                                                program=program, clip_extra=True)
         files = ModelFiles(Path(tmp), f"{stem}.pdmodel", f"{stem}.pdiparams", "pdmodel")
+        _strip_callstacks(files.model_path)
         meta = build_metadata(files, program, model.feed_names, fetch_vars, model.scope, metadata)
         write_json_atomic(Path(tmp) / METADATA_FILE, meta)
     return dataclasses.replace(files, model_dir=Path(out_dir))
+
+
+def _strip_callstacks(model_path: Path) -> None:
+    """Clear the Python call stack Paddle records in the feed / fetch ops it adds on save (clip_extra
+    keeps it): it made the same model differ byte for byte from one caller or process to the next,
+    and it wrote this machine's file paths into a model meant to be shipped."""
+    from paddle.base.proto import framework_pb2
+
+    desc = framework_pb2.ProgramDesc()
+    desc.ParseFromString(model_path.read_bytes())
+    changed = False
+    for block in desc.blocks:
+        for op in block.ops:
+            for attr in op.attrs:
+                if attr.name == "op_callstack" and len(attr.strings):
+                    del attr.strings[:]
+                    changed = True
+    if changed:
+        model_path.write_bytes(desc.SerializeToString())
 
 
 def build_metadata(files: ModelFiles, program, feed_names, fetch_vars, scope, extra: dict) -> dict:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
-from .atomic import as_if_created
+from .atomic import as_if_created, sweep_stale, temp_prefix
 from .errors import StorageError, TransientStorageError
 
 log = logging.getLogger("autocompress.storage")
@@ -297,7 +297,8 @@ class ObjectStore:
             if st is None:
                 raise StorageError(f"downloading {u}: no such object on {self._where()}; check the key")
             expected = _meta(st.metadata, SHA256_META)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+            sweep_stale(dest)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".part", dir=dest.parent)
             as_if_created(tmp)
             h, size = hashlib.sha256(), 0
             response = None

@@ -85,41 +85,42 @@ class QuantTemplate:
         fp32_tensors = _mark_fp32(clone, marked) if marked else set()
         if marked:
             skip.append(FP32_MARK)
-        graph = IrGraph(core.Graph(clone.desc), for_test=True)
-        passes = [
-            QuantizationTransformPassV2(scope=build_scope, place=self.place, weight_bits=self.weight_bits,
-                                        activation_bits=bits, activation_quantize_type="range_abs_max",
-                                        weight_quantize_type=weight_quantize_type,
-                                        skip_pattern=skip, quantizable_op_type=targets.weight_op_types),
-            AddQuantDequantPassV2(scope=build_scope, place=self.place, quant_bits=bits,
-                                  skip_pattern=skip, quantizable_op_type=targets.act_op_types),
-        ]
-        with _quiet_tqdm():
-            for p in passes:
+        with _stable_node_order():  # the same program bytes in every process
+            graph = IrGraph(core.Graph(clone.desc), for_test=True)
+            passes = [
+                QuantizationTransformPassV2(scope=build_scope, place=self.place, weight_bits=self.weight_bits,
+                                            activation_bits=bits, activation_quantize_type="range_abs_max",
+                                            weight_quantize_type=weight_quantize_type,
+                                            skip_pattern=skip, quantizable_op_type=targets.weight_op_types),
+                AddQuantDequantPassV2(scope=build_scope, place=self.place, quant_bits=bits,
+                                      skip_pattern=skip, quantizable_op_type=targets.act_op_types),
+            ]
+            with _quiet_tqdm():
+                for p in passes:
+                    for sub in graph.all_sub_graphs():
+                        sub._for_test = True
+                        p.apply(sub)
+            self.weights = {}  # weight name -> (fp32 values, quant axis the pass chose)
+            for op in graph.all_op_nodes():
+                if op.name() == "quantize_linear":
+                    x_name = op.input("X")[0]
+                    if graph._find_node_by_name(op.inputs, x_name).persistable():
+                        w = np.array(model.scope.find_var(x_name).get_tensor())
+                        self.weights[x_name] = (w, int(op.op().attr("quant_axis")))
+            # QuantWeightPass only rewires here (weights -> dequantize_linear); values are set per trial
+            QuantWeightPass(build_scope, self.place, quant_bits=self.weight_bits, save_int_weight=False).apply(graph)
+            observers = targets.weight_op_types + targets.act_op_types + targets.observer_op_types
+            # no observer scale on the FP32 layers' inputs/outputs: oneDNN fuses some ops into new ones
+            # that drop skip_quant (matmul_v2 + add -> fc), and an op without an input scale stays FP32
+            placeholder = {name: 1.0 for name in targets.activations if name not in fp32_tensors}
+            out_scales = AddQuantDequantForInferencePass(scope=build_scope, place=self.place, quant_bits=bits,
+                                                         quantizable_op_type=observers,
+                                                         calibration_range_dict=placeholder)
+            with _quiet_logger():
                 for sub in graph.all_sub_graphs():
                     sub._for_test = True
-                    p.apply(sub)
-        self.weights = {}  # weight name -> (fp32 values, quant axis the pass chose)
-        for op in graph.all_op_nodes():
-            if op.name() == "quantize_linear":
-                x_name = op.input("X")[0]
-                if graph._find_node_by_name(op.inputs, x_name).persistable():
-                    w = np.array(model.scope.find_var(x_name).get_tensor())
-                    self.weights[x_name] = (w, int(op.op().attr("quant_axis")))
-        # QuantWeightPass only rewires here (weights -> dequantize_linear); values are set per trial
-        QuantWeightPass(build_scope, self.place, quant_bits=self.weight_bits, save_int_weight=False).apply(graph)
-        observers = targets.weight_op_types + targets.act_op_types + targets.observer_op_types
-        # no observer scale on the FP32 layers' inputs/outputs: oneDNN fuses some ops into new ones
-        # that drop skip_quant (matmul_v2 + add -> fc), and an op without an input scale stays FP32
-        placeholder = {name: 1.0 for name in targets.activations if name not in fp32_tensors}
-        out_scales = AddQuantDequantForInferencePass(scope=build_scope, place=self.place, quant_bits=bits,
-                                                     quantizable_op_type=observers,
-                                                     calibration_range_dict=placeholder)
-        with _quiet_logger():
-            for sub in graph.all_sub_graphs():
-                sub._for_test = True
-                out_scales.apply(sub)
-        self.program = graph.to_program()
+                    out_scales.apply(sub)
+            self.program = graph.to_program()
         utils.move_persistable_var_to_global_block(self.program)
         _int_skip_quant(self.program)
         set_int_range(self.program)
@@ -258,6 +259,35 @@ def save_quantized(qmodel: QuantizedModel, model, out_dir, metadata: dict | None
 
 
 import contextlib  # noqa: E402  (helpers below keep paddle's progress bars and warnings out of ours)
+
+
+class _IdOrderedNodes(set):
+    """A set of IrGraph nodes that iterates in node-id order."""
+
+    def __iter__(self):
+        return iter(sorted(set.__iter__(self), key=lambda n: n.node.id()))
+
+
+@contextlib.contextmanager
+def _stable_node_order():
+    """Paddle's quantization passes walk `IrGraph.all_op_nodes()` & co., plain sets of node wrappers
+    hashed by address, so the quantize ops they insert (and the saved program) came out in a different,
+    equally valid order in every process. Iterating them by node id makes the program deterministic."""
+    from paddle.base.framework import IrGraph
+
+    names = ("all_nodes", "all_var_nodes", "all_persistable_nodes", "all_op_nodes")
+    originals = {n: IrGraph.__dict__[n] for n in names}
+
+    def ordered(fn):
+        return lambda self: _IdOrderedNodes(fn(self))
+
+    try:
+        for n, fn in originals.items():
+            setattr(IrGraph, n, ordered(fn))
+        yield
+    finally:
+        for n, fn in originals.items():
+            setattr(IrGraph, n, fn)
 
 
 @contextlib.contextmanager

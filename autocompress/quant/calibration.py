@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import as_if_created
+from ..atomic import as_if_created, sweep_stale, temp_prefix
 from ..errors import DataError
 from .targets import QuantTargets
 
@@ -61,7 +61,8 @@ class CalibrationStats:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+        sweep_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".npz", dir=path.parent)
         as_if_created(tmp)
         os.close(fd)
         try:

@@ -30,7 +30,7 @@ log = logging.getLogger("autocompress.quant")
 
 def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_config=None, save_dir="output",
                    place=None, target_metric=None, progress=True, stats: CalibrationStats | None = None,
-                   deploy_eval: bool | None = None, threads: int = 1) -> dict:
+                   deploy_eval: bool | None = None, threads: int = 1, resume: bool = True) -> dict:
     """Search PTQ configurations and save the best int8 model to `save_dir/model`.
 
     model_files: `model_io.ModelFiles` (legacy .pdmodel). calib_source: FeedSource, iterable or zero-arg
@@ -42,7 +42,12 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     Returns {model_files, metric, simulated_metric, deployed_metric (of the saved model),
     int8_deployed_metric (before the fallback), fp32_layers, fallback_steps, fallback_seconds, warnings,
     baseline_metric, baseline_deployed_metric, best_config, trials, target_met, interrupted, seconds,
-    calibration_seconds}.
+    calibration_seconds, reused_trials}.
+
+    resume: trials already evaluated in `save_dir/trials.json` by an interrupted (or killed) run with
+    the same fingerprint (model files, calibration statistics, both configs, evaluator and baseline,
+    Paddle version, device) are taken from the log instead of being evaluated again; the samplers are
+    seeded and told the same values, so the resumed search asks what the uninterrupted one would.
     """
     from ..model_io import InputGuard, load_model, require_legacy
     from ..paddle_env import legacy_ir
@@ -75,6 +80,9 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
         runner = TrialRunner(model, stats, targets, qcfg.activation_bits, place, weight_bits=qcfg.weight_bits)
         state = _SearchState(save_dir, model, baseline, hcfg)
         state.halving = halving
+        state.fingerprint = _fingerprint(model_files, stats, qcfg, hcfg, evaluator, baseline, halving, place)
+        if resume:
+            state.prior = _prior_trials(save_dir / TRIALS_FILE, state.fingerprint, stats)
         if halving_note:
             state.warnings.append(halving_note)
         try:
@@ -93,7 +101,8 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
         guard.verify()
     result = state.result(target_metric)
     result.update(seconds=time.perf_counter() - started, calibration_seconds=calib_seconds,
-                  calibration_samples=stats.total_samples, deployed_eval=bool(deploy_eval))
+                  calibration_samples=stats.total_samples, deployed_eval=bool(deploy_eval),
+                  reused_trials=sum(t.reused for t in state.trials))
     return result
 
 
@@ -159,6 +168,53 @@ def _halving(fraction, evaluator, counter) -> tuple[_Halving | None, str | None]
     return None, note
 
 
+def _fingerprint(model_files, stats, qcfg, hcfg, evaluator, baseline, halving, place) -> str:
+    """What decides every trial's metric: a trial log with another fingerprint is never reused. An
+    eval function is known by its evaluator mode, batch count and the baseline it gave."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import paddle
+
+    from ..model_io import sha256_file
+    from ..version import __version__
+
+    facts = {"model": {p.name: sha256_file(p) for p in model_files.files()}, "quant": qcfg.model_dump(mode="json"),
+             "hpo": hcfg.model_dump(mode="json"), "baseline": baseline, "place": str(place),
+             "evaluator": [type(evaluator).__name__, getattr(evaluator, "mode", None), _known_batches(evaluator)],
+             "halving": [halving.limit, halving.total] if halving else None, "names": list(stats.names),
+             "paddle": paddle.__version__, "autocompress": __version__}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode())
+    for arr in (stats.chunk_samples, stats.chunk_absmax, stats.chunk_avg, stats.hist, stats.hist_max):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def _prior_trials(path: Path, fingerprint: str, stats) -> dict:
+    """Effective key -> logged trial (evaluated: ok or pruned) of an earlier run with this fingerprint."""
+    import json
+
+    from .space import TrialConfig
+
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # no log, or not one of ours: nothing to reuse
+    if not isinstance(table, dict) or table.get("fingerprint") != fingerprint:
+        return {}
+    prior = {}
+    for entry in table.get("trials") or []:
+        try:
+            if entry["status"] in ("ok", "pruned"):
+                prior.setdefault(effective_key(TrialConfig(**entry["config"]), stats), entry)
+        except (KeyError, TypeError):
+            continue
+    if prior:
+        log.info("resuming the PTQ search: %d evaluated trials in %s", len(prior), path)
+    return prior
+
+
 def _check_stats(stats, targets):
     missing = [n for n in targets.activations if n not in stats.index()]
     if missing:
@@ -181,12 +237,17 @@ class _SearchState:
         self.fallback_seconds = 0.0
         self.warnings: list[str] = []
         self.halving: _Halving | None = None
+        self.fingerprint: str | None = None
+        self.prior: dict = {}       # effective key -> trial of an earlier run's log (resume)
 
-    def record(self, trial: Trial, qmodel) -> None:
+    def record(self, trial: Trial, qmodel, build=None) -> None:
+        """qmodel None (a trial from the log): `build(config)` makes it when it is the new best."""
         self.trials.append(trial)
         if trial.status == "ok" and (self.best is None or trial.metric > self.best.metric):
             self.best = trial
             self.selected = trial
+            if qmodel is None:
+                qmodel = build(trial.config)
             self.model_files = self.save(trial, qmodel, self.save_dir / MODEL_SUBDIR)
         self.write_trials()
 
@@ -203,7 +264,7 @@ class _SearchState:
         write_json_atomic(self.save_dir / TRIALS_FILE, {
             "baseline_metric": self.baseline, "baseline_deployed_metric": self.baseline_deployed,
             "best_index": self.selected.index if self.selected else None, "interrupted": self.interrupted,
-            "search_algo": self.hcfg.search_algo, "seed": self.hcfg.seed,
+            "search_algo": self.hcfg.search_algo, "seed": self.hcfg.seed, "fingerprint": self.fingerprint,
             "subset_batches": self.halving.limit if self.halving else None,
             "eval_batches": self.halving.total if self.halving else None,
             "trials": [t.to_dict() for t in self.trials]})
@@ -241,8 +302,12 @@ def _search(runner: TrialRunner, space, hcfg, evaluator, state: _SearchState, pr
         if key in seen:  # the same model again: teach the sampler, spend no trial
             sampler.tell(config, seen[key])
             continue
+        logged = state.prior.get(key)
         try:
-            trial, qmodel = _run_trial(runner, len(state.trials), config, evaluator, state.halving)
+            if logged is not None:
+                trial, qmodel = _replay(len(state.trials), config, logged, state.halving), None
+            else:
+                trial, qmodel = _run_trial(runner, len(state.trials), config, evaluator, state.halving)
         except AutoCompressError:
             raise  # the user's evaluation failed: stop with its message (best-so-far is saved)
         except Exception as err:  # a paddle failure for this configuration: record it, go on
@@ -252,13 +317,21 @@ def _search(runner: TrialRunner, space, hcfg, evaluator, state: _SearchState, pr
         value = trial.subset_metric if trial.pruned else trial.metric
         seen[key] = value
         sampler.tell(config, value)
-        state.record(trial, qmodel)
+        state.record(trial, qmodel, runner.build)
         bar.update()
         if state.best is not None:
             bar.set_postfix(best=f"{state.best.metric:.4f}", baseline=f"{state.baseline:.4f}")
     bar.close()
     if state.best is None and state.trials:
         raise AutoCompressError(f"all {len(state.trials)} PTQ trials failed; first error: {state.trials[0].error}")
+
+
+def _replay(index: int, config, logged: dict, halving: _Halving | None) -> Trial:
+    """A logged trial in place of its evaluation; successive halving sees its subset metric as before."""
+    trial = Trial.from_log(index, config, logged)
+    if halving is not None and trial.subset_metric is not None:
+        halving.promote(trial.subset_metric)
+    return trial
 
 
 def _run_trial(runner: TrialRunner, index: int, config, evaluator, halving: _Halving | None):

@@ -51,6 +51,15 @@ class Trial:
     fp32_layers: list[str] = dataclasses.field(default_factory=list)
     fallback_metric: float | None = None    # deployed metric with fp32_layers in FP32
     fallback_steps: list[dict] = dataclasses.field(default_factory=list)
+    reused: bool = False            # taken from the trial log of an interrupted run (ptq_search resume)
+
+    @classmethod
+    def from_log(cls, index: int, config: TrialConfig, entry: dict) -> "Trial":
+        """A trial of an earlier run's log, as the search evaluated it (the deployed-backend and
+        FP32-fallback results are not taken: the finalists are measured again)."""
+        return cls(index, config, int(entry["calib_samples"]), entry.get("metric"), seconds=float(entry.get("seconds", 0)),
+                   status=entry["status"], error=entry.get("error"), subset_metric=entry.get("subset_metric"),
+                   pruned=bool(entry.get("pruned")), reused=True)
 
     @property
     def final_deployed_metric(self) -> float | None:
@@ -62,7 +71,7 @@ class Trial:
                 "seconds": round(self.seconds, 3), "status": self.status, "error": self.error,
                 "fp32_layers": list(self.fp32_layers), "fallback_metric": self.fallback_metric,
                 "fallback_steps": list(self.fallback_steps), "subset_metric": self.subset_metric,
-                "pruned": self.pruned}
+                "pruned": self.pruned, "reused": self.reused}
 
 
 class TrialRunner:

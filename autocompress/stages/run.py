@@ -2,11 +2,12 @@
 run --in-process`, the demo and a PaddleJob's ranks) runs. The Kubeflow pipelines run the same stage
 functions, one process per stage (`autocompress.kfp.adapters`).
 
-Layout of `save_dir`: the engines write their model to `save_dir/model` as they go (so an interrupted
-PTQ search or a crash still leaves the best model so far), training keeps `save_dir/checkpoints`
-(a rerun resumes), and `export` completes the deliverable in place: `model/` with metadata and model
-card, `summary.json`, `report.md`, `trials.json`. Intermediate stage outputs live in
-`save_dir/.work/` and are removed when the run succeeds.
+Layout of `save_dir`: the PTQ search keeps its best model so far and its trial log in
+`save_dir/.work/search/` (a killed run leaves the previous deliverable intact; a rerun resumes from
+the log), training keeps `save_dir/checkpoints` (a rerun resumes) and writes `save_dir/model` when it
+ends, and `export` completes the deliverable in place: `model/` with metadata and model card,
+`summary.json`, `report.md`, `trials.json`. Intermediate stage outputs live in `save_dir/.work/` and
+are removed when the run succeeds.
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def run_job(job, model_files, data, eval_callback, save_dir, *, calib_data=None,
             log.info("rank %d done; rank 0 writes the summary and the model", process_rank())
             return {"strategy": job.strategy.name, "rank": process_rank(), "model_dir": str(result.files.model_dir)}
     else:
-        result = _search(job, original, calib, evaluation, save_dir, place, progress)
+        result = _search(job, original, calib, evaluation, work / "search", place, progress)
     result = in_input_format(result, model_files, work / "output")
     summary = evaluate(model_files, result, final, job, device_string(place), records + result.stages,
                        split="eval" if test_data is None else "test")
