@@ -7,6 +7,7 @@ write of the same target removes those whose process is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -26,6 +27,25 @@ def as_if_created(path: str | os.PathLike, directory: bool = False) -> None:
     plain create would have under the process umask, so a second container or user reading a shared
     volume can read the outputs."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def disk_full(err: BaseException, path) -> Exception | None:
+    """The DiskFullError for an OSError that is a full disk or quota (None for any other error)."""
+    from .errors import DiskFullError
+
+    if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    folder = Path(path).resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    what = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on the device"
+    return DiskFullError(f"{what} writing {path} ({folder}: {free}); nothing half-written was kept. Free space "
+                         "there or choose a save dir on a larger disk (SaveDir / --save-dir), then run again: "
+                         "finished PTQ trials and training checkpoints are reused")
 
 
 def temp_prefix(target: Path) -> str:
@@ -71,8 +91,11 @@ def atomic_dir(target: str | os.PathLike):
     as_if_created(tmp, directory=True)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full(err, target)
+        if full is not None:
+            raise full from err
         raise
     replace_dir(tmp, target)
 
@@ -99,9 +122,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = disk_full(err, path)
+        if full is not None:
+            raise full from err
         raise
 
 

@@ -340,7 +340,13 @@ def main(argv=None) -> int:
         print("interrupted; the best model found so far (if any) and the trial table are in the save dir",
               file=sys.stderr)
         return 130
-    except Exception:  # a bug, not a user error: show everything
+    except Exception as err:  # a bug, not a user error: show everything (a full disk is no bug)
+        from .atomic import disk_full
+
+        full = disk_full(err, getattr(err, "filename", None) or ".")
+        if full is not None:
+            print(f"error: {full}", file=sys.stderr)
+            return full.exit_code
         traceback.print_exc()
         return 1
 

@@ -40,6 +40,11 @@ class TransientStorageError(StorageError):
     retryable = True
 
 
+class DiskFullError(AutoCompressError):
+    """A write ran out of space (ENOSPC, EDQUOT). The atomic writers leave nothing half-written, so
+    freeing space (or another save dir) and running again resumes from what was kept."""
+
+
 class TrainingError(AutoCompressError):
     """Training diverged (NaN/inf loss or weights) or cannot continue; the last good checkpoint is kept."""
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
-from .atomic import as_if_created, sweep_stale, temp_prefix
+from .atomic import as_if_created, disk_full, sweep_stale, temp_prefix
 from .errors import StorageError, TransientStorageError
 
 log = logging.getLogger("autocompress.storage")
@@ -314,6 +314,11 @@ class ObjectStore:
                 if expected and h.hexdigest() != expected:
                     raise _Transient(f"sha256 mismatch: got {h.hexdigest()}, the object's metadata says {expected}")
                 os.replace(tmp, dest)
+            except OSError as err:
+                full = disk_full(err, dest)
+                if full is not None:
+                    raise full from err  # not worth a retry: the disk stays full
+                raise
             finally:
                 if response is not None:
                     response.close()

@@ -33,9 +33,9 @@ def wait_port(port: int, timeout: float = 20.0, proc=None) -> None:
 
 
 @contextlib.contextmanager
-def nanio_server(data_dir: Path):
-    """Start `nanio serve` on a free loopback port; yields the endpoint 'http://127.0.0.1:PORT'."""
-    port = free_port()
+def nanio_server(data_dir: Path, port: int | None = None):
+    """Start `nanio serve` on a free loopback port (or `port`); yields the endpoint 'http://127.0.0.1:PORT'."""
+    port = port or free_port()
     env = {**os.environ, "NANIO_ACCESS_KEY": ACCESS_KEY, "NANIO_SECRET_KEY": SECRET_KEY}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nanio", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -60,10 +60,13 @@ def s3_env(endpoint: str, access: str = ACCESS_KEY, secret: str = SECRET_KEY) ->
 class CuttingProxy:
     """Forwards 127.0.0.1:port -> upstream. The first `cuts` times a connection has moved more than
     `cut_after` bytes in the watched direction ('down' = server->client, 'up' = client->server), it is
-    closed mid-transfer. Bounded: it only serves this test's client and stops with `close()`."""
+    closed mid-transfer, after calling `on_cut()` (e.g. to stop the server: the store going away).
+    While nothing listens upstream, connections are accepted and reset. Bounded: it only serves this
+    test's client and stops with `close()`."""
 
-    def __init__(self, upstream_port: int, cut_after: int, direction: str = "down", cuts: int = 1):
+    def __init__(self, upstream_port: int, cut_after: int, direction: str = "down", cuts: int = 1, on_cut=None):
         self.upstream_port, self.cut_after, self.direction = upstream_port, cut_after, direction
+        self.on_cut = on_cut
         self.cuts_left = cuts
         self.cut_count = 0
         self._lock = threading.Lock()
@@ -86,7 +89,11 @@ class CuttingProxy:
                 client, _ = self._sock.accept()
             except (socket.timeout, OSError):
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the server is gone: the client sees its connection reset
+                client.close()
+                continue
             with self._lock:
                 armed = self.cuts_left > 0
             state = {"armed": armed, "moved": 0, "closed": False}
@@ -109,6 +116,8 @@ class CuttingProxy:
                                 self.cut_count += 1
                         if fire:
                             dst.sendall(data[: len(data) // 2])
+                            if self.on_cut is not None:
+                                self.on_cut()
                             break
                         state["armed"] = False
                 dst.sendall(data)

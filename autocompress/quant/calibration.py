@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import as_if_created, sweep_stale, temp_prefix
+from ..atomic import as_if_created, disk_full, sweep_stale, temp_prefix
 from ..errors import DataError
 from .targets import QuantTargets
 
@@ -71,8 +71,11 @@ class CalibrationStats:
                 chunk_absmax=self.chunk_absmax, chunk_avg=self.chunk_avg, hist=self.hist,
                 hist_max=self.hist_max, meta=np.array(json.dumps(self.meta)))
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            full = disk_full(err, path)
+            if full is not None:
+                raise full from err
             raise
         return path
 
