@@ -182,15 +182,22 @@ def test_the_chosen_model_and_the_reports_come_out(piped, digits_files):
     html = (save / "report.html").read_text()
     assert '<table id="candidates">' in html and "data:image/png;base64," in html
     assert not re.search(r"https?://", html)  # self-contained: nothing fetched from the network
-    assert (save / "report.md").read_text().startswith("# ")
+    markdown = (save / "report.md").read_text()
+    assert markdown.startswith("# ")
+    # the report names where the model was delivered, not a stage's temporary folder
+    assert str(published / "model") in markdown and "ac-auto-" not in markdown + html
 
 
 def test_the_ui_gets_html_markdown_and_metrics(piped):
     code, s, save, wall = piped
     [run_dir] = [p for p in Path(s["pipeline_root"]).iterdir() if p.is_dir()]
     select = run_dir / "auto-select"
-    assert (select / "report_html").read_text() == (save / "report.html").read_text()
-    assert (select / "report_md").read_text() == (save / "report.md").read_text()
+    assert (select / "report_html").read_text() == (select / "summary" / "report.html").read_text()
+    assert (select / "report_md").read_text() == (select / "summary" / "report.md").read_text()
+    # the same report as the delivered one, naming the chosen model's artifact
+    assert str(select / "chosen") in (select / "report_md").read_text()
+    assert (select / "report_md").read_text().replace(str(select / "chosen"), "M") == \
+        (save / "report.md").read_text().replace(s["model_dir"], "M")
     out = json.loads((select / "executor_output.json").read_text())["artifacts"]
     [metrics] = out["metrics"]["artifacts"]
     assert metrics["metadata"]["target_met"] == (1.0 if s["target_met"] else 0.0)

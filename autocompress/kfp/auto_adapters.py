@@ -163,10 +163,22 @@ def select(branch_dirs, plan_dir, model_dir, train_dir, eval_dir, test_dir, cali
         with atomic_dir(chosen_dest) as tmp:
             if (save / "model").is_dir():
                 shutil.copytree(save / "model", tmp, dirs_exist_ok=True)
-        with atomic_dir(summary_dest) as tmp:
-            for name in REPORTS:
-                shutil.copy2(save / name, Path(tmp) / name)
+    # the summary and the report name where the model is now, not the search's temporary folder
+    summary = {**summary, "model_dir": str(chosen_dest) if summary.get("model_dir") else None,
+               "save_dir": str(summary_dest)}
+    _write_results(summary, summary_dest)
     return summary
+
+
+def _write_results(summary: dict, dest, model_dir=None) -> None:
+    """summary.json, report.md and report.html (and `model/`, a copy of `model_dir`) as `dest`."""
+    from ..auto.report import write_reports
+
+    with atomic_dir(dest) as tmp:
+        if model_dir is not None:
+            shutil.copytree(model_dir, Path(tmp) / "model")
+        write_json_atomic(Path(tmp) / "summary.json", summary)
+        write_reports(summary, tmp)
 
 
 def export(chosen_dir, summary_dir, dest, publish_uri: str | None = None) -> dict:
@@ -179,12 +191,7 @@ def export(chosen_dir, summary_dir, dest, publish_uri: str | None = None) -> dic
     has_model = any(Path(chosen_dir).iterdir())
     base = publish_uri or str(dest)
     summary.update(save_dir=base, model_dir=_join(base, "model") if has_model else None)
-    with atomic_dir(dest) as tmp:
-        if has_model:
-            shutil.copytree(chosen_dir, Path(tmp) / "model")
-        for name in REPORTS[1:]:
-            shutil.copy2(Path(summary_dir) / name, Path(tmp) / name)
-        write_json_atomic(Path(tmp) / "summary.json", summary)
+    _write_results(summary, dest, chosen_dir if has_model else None)
     published = []
     if publish_uri:
         for name in (["model"] if has_model else []) + list(REPORTS):
