@@ -145,6 +145,25 @@ def test_pipeline_in_containers_reads_from_and_publishes_to_s3(images, tmp_path,
         _assert_no_secret(tmp_path, exclude=tmp_path / "s3", printed=capfd.readouterr())
 
 
+def test_user_error_in_a_container_is_typed_and_not_retried(images, tmp_path, monkeypatch, readable):
+    """A stage's user error crosses the container boundary: its exit code fails the task (kfp's own
+    handler may count a quick exit as success), its mark stops the retries, its message is typed."""
+    import time
+
+    import autocompress.preflight
+    from autocompress.errors import ModelError
+
+    monkeypatch.setattr(autocompress.preflight, "preflight", lambda rc, save: None)
+    digits_files, data = readable
+    cfg = _config(tmp_path, "distill", digits_files.model_dir, data, model_uri=str(tmp_path / "no-model"))
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="stage load-model: model_dir .*no-model does not exist"):
+        local_run.run_local(cfg, echo=lambda line: None, runner="docker")
+    assert time.perf_counter() - start < 25, "the user error was retried with backoff"
+    assert not subprocess.run(["docker", "ps", "-aq", "--filter", f"ancestor={images['cpu']}"], capture_output=True,
+                              text=True).stdout.strip(), "a task's container was left behind"
+
+
 def test_missing_image_names_the_build_command(tmp_path, readable, monkeypatch):
     """Without the image, the run stops before any stage and says how to build it."""
     import docker

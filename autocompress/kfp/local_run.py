@@ -496,7 +496,8 @@ def _user_error(path: Path):
     for i, line in enumerate(lines):
         if USER_ERROR_MARK not in line:
             continue
-        for prev in reversed(lines[max(0, i - 50):i]):
+        # the error line (stderr) precedes the mark (stdout); a container's log may interleave them
+        for prev in [*reversed(lines[max(0, i - 50):i]), *lines[i + 1:i + 4]]:
             m = re.match(r"\s*(\w+Error): (.*)", prev)
             cls = getattr(errors, m.group(1), None) if m else None
             if isinstance(cls, type) and issubclass(cls, errors.AutoCompressError):
