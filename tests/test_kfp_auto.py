@@ -229,3 +229,26 @@ def test_a_missing_input_fails_before_the_auto_pipeline_starts(tmp_path, digits_
     with pytest.raises(ConfigError, match="Data.eval: .*missing-eval does not exist"):
         local_run.run_local(tmp_path / "bad.yaml", echo=lambda line: None)
     assert not (tmp_path / "out" / "pipeline-root").exists()
+
+
+def test_submit_runs_the_auto_pipeline_on_a_cluster(tmp_path):
+    from test_kfp_runner import FakeClient
+
+    from autocompress.kfp import cluster
+
+    cfg = {"Model": {"model_dir": "s3://models/digits"},
+           "Data": {"train": "s3://data/train", "eval": "s3://data/eval", "calib": "s3://data/calib"},
+           "Eval": {"metric": "top1", "max_drop": 0.01}, "Device": "gpu", "Auto": {"target": "gpu", "epochs": 2}}
+    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(cfg))
+    fake = FakeClient()
+    out = cluster.submit(tmp_path / "auto.yaml", kfp_client=fake, host="http://kfp.local", trial_shards=3)
+    upload = next(kw for call, kw in fake.calls if call == "upload_pipeline")
+    assert upload["pipeline_name"] == "autocompress-auto" and "nvidia.com/gpu" in upload["text"]
+    params = fake.calls[-1][1]["params"]
+    assert params["calib_data_uri"] == "s3://data/calib" and "trial_shards" not in params
+    assert json.loads(params["config"]) == {"Auto": {"epochs": 2, "target": "gpu"}}
+    assert out["pipeline"] == "auto"
+    cfg["Data"]["calib"] = "/data/calib"
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="calib_data_uri is the local path /data/calib"):
+        cluster.submit(tmp_path / "local.yaml", kfp_client=FakeClient())
