@@ -164,3 +164,17 @@ def test_the_onnxruntime_predictor_exports_once_and_checks_its_cache(cls_model, 
     path.write_bytes(b"tampered")
     os.utime(path, ns=(stamp, stamp))
     assert cached_onnx(cls_model) == path and path.read_bytes() != b"tampered"  # exported again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,shape", [("ch_PP-OCRv4_rec_infer", (2, 3, 48, 320)), ("ch_PP-OCRv4_det_infer", (1, 3, 160, 160))])
+def test_pp_ocrv4_rec_and_det_fp32_round_trip(name, shape, cls_model, tmp_path):
+    """The other two PP-OCRv4 models (int8 too: benchmarks/onnx_export.py, numbers in the README)."""
+    files = locate_model(cls_model.model_dir.parent / name)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    path = export_onnx(files.model_dir, tmp_path / "onnx", feed={"x": x})
+    check = read_metadata(path.parent)["onnx"]["check"]
+    assert check["passed"] and check["enforced"] and check["inputs"] == {"x": list(shape)}
+    ref = inference_outputs(files, {"x": x}, onednn=False)[1][0]
+    got = onnx_predictor(path)({"x": x})[0]
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= FP32_RTOL * max(1.0, float(np.abs(ref).max()))
