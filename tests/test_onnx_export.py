@@ -178,3 +178,13 @@ def test_pp_ocrv4_rec_and_det_fp32_round_trip(name, shape, cls_model, tmp_path):
     ref = inference_outputs(files, {"x": x}, onednn=False)[1][0]
     got = onnx_predictor(path)({"x": x})[0]
     assert got.shape == ref.shape and np.abs(got - ref).max() <= FP32_RTOL * max(1.0, float(np.abs(ref).max()))
+
+
+def test_a_pir_model_exports_through_its_legacy_translation(digits_pir_files, digits_data, tmp_path):
+    x = digits_data["eval"][0][:16]
+    path = export_onnx(digits_pir_files.model_dir, tmp_path / "onnx", feed={"x": x})
+    meta = read_metadata(path.parent)["onnx"]
+    assert meta["format"] == "pir-json" and meta["from"] == "inference.json" and meta["check"]["passed"]
+    ref = inference_outputs(digits_pir_files, {"x": x})[1][0]
+    got = onnx_predictor(path)({"x": x})[0]
+    assert np.abs(got - ref).max() <= FP32_RTOL and np.array_equal(got.argmax(1), ref.argmax(1))
