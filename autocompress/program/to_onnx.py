@@ -66,6 +66,7 @@ PADDLE2ONNX = "1.3"  # the converter series that reads the PP-OCR programs
 PYTHON_ENV = "AUTOCOMPRESS_PADDLE2ONNX_PYTHON"
 FP32_RTOL = 1e-3
 INT8_REL_L1 = 0.5
+CONVERT_TIMEOUT_S = 1800
 INSTALL_HINT = "pip install 'autocompress[onnx]' (paddle2onnx==1.3.1 and onnxruntime)"
 
 # The child: load paddle2onnx's C++ extension without its package __init__ (that imports Paddle), convert.
@@ -159,10 +160,14 @@ def convert(files: ModelFiles, onnx_path: Path, opset: int = OPSET, shown_as=Non
     args = {"model": str(files.model_path), "params": str(files.params_path or ""), "out": str(onnx_path),
             "opset": opset, "series": PADDLE2ONNX}
     try:
-        proc = subprocess.run([python, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run([python, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True,
+                              errors="replace", timeout=CONVERT_TIMEOUT_S)
     except OSError as err:
         raise ModelError(f"cannot start {python} for the ONNX converter ({err}); fix ${PYTHON_ENV} or unset it") from None
-    out = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"paddle2onnx did not finish converting {shown_as or files.model_path} within "
+                         f"{CONVERT_TIMEOUT_S} s; please report this with the model") from None
+    out = (proc.stdout + proc.stderr).replace(str(files.model_dir), str(Path(shown_as or files.model_path).parent))
     where = f" (the interpreter from ${PYTHON_ENV}: {python})" if os.environ.get(PYTHON_ENV) else ""
     if "AC-MISSING" in out:
         raise ModelError(f"ONNX export needs paddle2onnx 1.3.1, which is not installed{where}: {INSTALL_HINT}. It has "
@@ -176,8 +181,8 @@ def convert(files: ModelFiles, onnx_path: Path, opset: int = OPSET, shown_as=Non
         lines = [ln for ln in out.splitlines() if ln.strip() and "AC-VERSION" not in ln]
         raise ModelError(f"paddle2onnx could not convert {shown_as or files.model_path} (exit {proc.returncode}): "
                          + " | ".join(lines[-8:])[-1500:]
-                         + ". An operation it lacks is named above; keep that layer out of the model or export "
-                         "the Paddle model instead")
+                         + ". An operation it lacks is named above: deploy the Paddle model itself (Paddle "
+                         "Inference, or OpenVINO, which reads it), or replace that layer in the source model")
     used = re.search(r"Use opset_version = (\d+)", out)
     return out.split("AC-VERSION", 1)[1].split()[0], int(used.group(1)) if used else opset
 
@@ -188,7 +193,12 @@ def check_onnx(files: ModelFiles, onnx_path: Path, feed: dict, int8: bool, real_
     import onnxruntime
 
     names, ref = inference_outputs(files, feed, onednn=False)
-    got = onnx_predictor(onnx_path)(feed)
+    try:
+        got = onnx_predictor(onnx_path)(feed)
+    except Exception as err:  # onnxruntime's own exception types (Fail, InvalidGraph, NotImplemented, ...)
+        raise ModelError(f"ONNX Runtime {onnxruntime.__version__} cannot run the ONNX export of "
+                         f"{source or files.model_path}: {type(err).__name__}: {str(err)[:800]}; nothing was "
+                         "written. Deploy the Paddle model itself, or report this with the model") from None
     shapes = {k: list(v.shape) for k, v in feed.items()}
     if [g.shape for g in got] != [r.shape for r in ref]:
         raise ModelError(f"the ONNX model's outputs {[g.shape for g in got]} differ in shape from the Paddle "
