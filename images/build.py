@@ -136,6 +136,11 @@ def image_labels(tag: str) -> dict | None:
     return json.loads(result.stdout.strip() or "null") or {}
 
 
+def _image_id(tag: str) -> str | None:
+    result = docker("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def image_size(tag: str) -> int:
     return int(docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
 
@@ -261,7 +266,9 @@ def build_context(dockerfile: Path, build_args: dict, target: str | None) -> tup
 
 def build_image(dockerfile: Path, tag: str, build_args: dict, target: str | None = None, rebuild: bool = False,
                 what: str = "image") -> str:
-    context, digest = build_context(dockerfile, build_args, target)
+    # the base images' ids count too: a rebuilt or newly pulled base rebuilds what stands on it
+    ids = {value: _image_id(value) for value in build_args.values()}
+    context, digest = build_context(dockerfile, {**build_args, "base image ids": ids}, target)
     labels = image_labels(tag)
     if not rebuild and labels and labels.get(CONTEXT_LABEL) == digest:
         say(f"{what}: reusing {tag} (built from these sources and arguments)")
