@@ -1,7 +1,9 @@
 """Paddle inference model -> ONNX (`model.onnx`), FP32 or int8 (QDQ), checked in ONNX Runtime.
 
 Converter: `paddle2onnx` 1.3.1 (the `onnx` extra: `pip install 'autocompress[onnx]'`). It converts the
-PP-OCR legacy `.pdmodel` programs where 2.1.0 fails, and maps our int8 programs'
+PP-OCR legacy `.pdmodel` programs where 2.1.0 fails (2.1.0 translates them to PIR first and stops on
+PP-OCRv4 det: "(Unimplemented) the 0th elementwise MUST be ir::FloatAttribute", pir_parser.cc:814,
+checked with Paddle 3.3.1), and maps our int8 programs'
 `quantize_linear` / `dequantize_linear` ops to ONNX `QuantizeLinear` / `DequantizeLinear` (QDQ, opset
 13: per-channel weight scales), folding batch norms into the convolutions and keeping the observer scales
 as the output quantization ONNX Runtime's int8 kernels need. Its wheel declares no dependencies and
