@@ -8,9 +8,9 @@ checked with Paddle 3.3.1), and maps our int8 programs'
 13: per-channel weight scales), folding batch norms into the convolutions and keeping the observer scales
 as the output quantization ONNX Runtime's int8 kernels need. Its wheel declares no dependencies and
 its converter, a C++ extension, links neither numpy nor Paddle: it runs with numpy 2 and Paddle 3.3.1
-in the same environment (checked: numpy 2.4.6), so nothing is pinned below numpy 2 — the "numpy<2"
-of some setups comes from the `onnx` / `onnxoptimizer` pins that 2.x drags in, which 1.3.1 does not
-need. PIR (`.json`) models go through `program.to_legacy.pir_to_legacy` first, so 2.x is not needed
+in the same environment (checked: numpy 2.4.6), so nothing is pinned below numpy 2 and no separate
+tool venv is needed (a "numpy<2" requirement is not in its metadata; 2.x instead pins `onnx<=1.17` and
+`onnxoptimizer`, which 1.3.1 does not need). PIR (`.json`) models go through `program.to_legacy.pir_to_legacy` first, so 2.x is not needed
 for them either.
 
 The converter runs in a child process that loads only that C++ extension (not `paddle2onnx/__init__`,
