@@ -252,3 +252,27 @@ def test_submit_runs_the_auto_pipeline_on_a_cluster(tmp_path):
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="calib_data_uri is the local path /data/calib"):
         cluster.submit(tmp_path / "local.yaml", kfp_client=FakeClient())
+
+
+def test_a_retried_branch_reuses_what_its_failed_attempt_finished(tmp_path, digits_files, digits_datasets):
+    """The work folder next to the artifact outlives a killed attempt: the retry resumes from it."""
+    from autocompress.kfp import adapters
+
+    model = tmp_path / "model"
+    adapters.load_model(str(digits_files.model_dir), model)
+    auto_adapters.plan(json.dumps({"Auto": AUTO}), tmp_path / "plan")
+    (tmp_path / "absent").mkdir()
+    (tmp_path / "absent" / adapters.ABSENT_FILE).write_text("{}")
+    folders = (model, digits_datasets / "train", digits_datasets / "eval", tmp_path / "absent", tmp_path / "absent")
+    config = json.dumps({"Auto": AUTO})
+    work = tmp_path / "candidates.checkpoints"
+    # the first attempt finished ptq, then died before writing its artifact
+    first = auto_adapters._search(*folders, config, work, metric="top1", max_drop=0.5, drop_type="absolute",
+                                  device="cpu", batch_size=32, started_at=time.time()).run_candidates(["ptq"])
+    assert first[0]["status"] == "done" and not (tmp_path / "candidates").exists()
+    records = auto_adapters.branch('["ptq"]', tmp_path / "plan", *folders, config, tmp_path / "candidates",
+                                   max_drop=0.5, work_dir=str(work))
+    assert records[0]["resumed"] and records[0]["metric"] == first[0]["metric"]
+    assert records[0]["model_dir"] == "candidates/ptq/model"
+    assert (tmp_path / "candidates" / "candidates" / "ptq" / "model" / digits_files.model_filename).exists()
+    assert not work.exists()  # done: the attempt's folder is gone, the artifact holds the result

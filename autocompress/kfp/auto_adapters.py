@@ -12,6 +12,7 @@ the chosen model (empty when no candidate finished).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -111,11 +112,22 @@ def _started_at(plan_dir) -> float:
 
 def branch(family, plan_dir, model_dir, train_dir, eval_dir, test_dir, calib_dir, config, dest, *,
            metric: str = "top1", max_drop: float = 0.01, drop_type: str = "absolute", device: str = "cpu",
-           batch_size: int = 32) -> list[dict]:
-    """Run one family of candidates (a chain after its parent) into `dest`; returns their records."""
+           batch_size: int = 32, work_dir: str = "") -> list[dict]:
+    """Run one family of candidates (a chain after its parent) into `dest`; returns their records.
+
+    `work_dir`: a local folder that outlives a failed attempt of the task (the component passes one
+    next to its output artifact, which KFP keeps across retries): the search runs there, so a retried
+    branch reuses the candidates it finished (auto mode's resume) and resumes training from its
+    checkpoints; removed once the branch's artifact is written. Empty or an object-store URI (a
+    cluster pod's artifact): a temporary folder."""
+    from .. import storage
+
     ids = json.loads(family) if isinstance(family, str) else list(family)
-    with tempfile.TemporaryDirectory(prefix="ac-auto-") as work:
-        save = Path(work) / "search"
+    with contextlib.ExitStack() as stack:
+        if work_dir and not storage.is_remote(work_dir):
+            save = Path(work_dir)
+        else:
+            save = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ac-auto-"))) / "search"
         search = _search(model_dir, train_dir, eval_dir, test_dir, calib_dir, config, save, metric=metric,
                          max_drop=max_drop, drop_type=drop_type, device=device, batch_size=batch_size,
                          started_at=_started_at(plan_dir))
@@ -132,6 +144,8 @@ def branch(family, plan_dir, model_dir, train_dir, eval_dir, test_dir, calib_dir
                     record = {**record, "model_dir": Path(record["model_dir"]).relative_to(save).as_posix()}
                 out.append(record)
             write_json_atomic(Path(tmp) / RECORDS_FILE, out)
+        if work_dir and save == Path(work_dir):
+            shutil.rmtree(save, ignore_errors=True)
     return out
 
 

@@ -10,10 +10,12 @@ def auto_branch(family: str, plan: Input[Artifact], model: Input[Model], train_d
                 metric: str = "top1", max_drop: float = 0.01, drop_type: str = "absolute", device: str = "cpu",
                 batch_size: int = 32):
     """One branch of auto mode: its family of candidates (a chain after its parent), each run and
-    measured on the deployment target against the original, while the time budget lasts."""
-    from autocompress.kfp import auto_adapters
+    measured on the deployment target against the original, while the time budget lasts. A retried
+    branch reuses the candidates an earlier attempt finished (next to the output artifact)."""
+    from autocompress.kfp import adapters, auto_adapters
 
     records = auto_adapters.branch(family, plan.path, model.path, train_data.path, eval_data.path, test_data.path,
                                    calib_data.path, config, candidates.path, metric=metric, max_drop=max_drop,
-                                   drop_type=drop_type, device=device, batch_size=batch_size)
+                                   drop_type=drop_type, device=device, batch_size=batch_size,
+                                   work_dir=adapters.checkpoint_location(candidates.uri, candidates.path))
     candidates.metadata.update({r["id"]: r["status"] for r in records})

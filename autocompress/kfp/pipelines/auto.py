@@ -4,9 +4,9 @@ select -> export.
 `auto_plan` groups the planned candidates into families (a chain such as pruning -> int8 runs in
 the branch of its parent) and the pipeline fans them out with `dsl.ParallelFor`; each `auto_branch`
 runs and measures its family on the deployment target; `auto_select` takes the branches' artifacts
-through `dsl.Collected`, measures every candidate within the budget once more, together and
-interleaved with the original (the branches ran side by side, so their own latencies saw each other's
-load), chooses the fastest, and writes the report as `HTML` and `Markdown` artifacts and the
+through `dsl.Collected`, measures every finished candidate once more, together and interleaved with
+the original (the branches ran side by side, so their own latencies saw each other's load), chooses
+the fastest within the budget, and writes the report as `HTML` and `Markdown` artifacts and the
 headline numbers as `Metrics`; `auto_export` delivers (and publishes) it.
 
 ParallelFor over a component's output list and Collected artifacts run the same under
@@ -16,8 +16,9 @@ branch is its own pod (one GPU each on the GPU variant). The local runner takes 
 from a component's single return value (`Output`; a NamedTuple field is not found), so `auto_plan`
 returns the families and writes the rest of the plan into its `plan` artifact. The time budget
 bounds the whole search: the plan records its start (wall clock) and every later stage counts from
-it, so a branch that starts late (queued behind others) runs only while time is left. Branches train, so they are not
-cached; a retried branch reruns its family.
+it, so a branch that starts late (queued behind others) runs only while time is left. Branches
+train, so they are not cached; a retried branch reuses the candidates its failed attempt finished where the attempt's folder
+survives (locally: next to the output artifact; a cluster pod starts afresh and reruns its family).
 """
 from kfp import dsl
 
