@@ -179,7 +179,7 @@ def _debootstrap(tarball: Path) -> None:
     with tempfile.TemporaryDirectory(dir=tarball.parent, prefix="rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
         say(f"base: debootstrap --variant=minbase bookworm + python3, python3-venv from {DEBIAN_MIRROR} "
-            "(about 1.5 min)")
+            "(about 1 min)")
         result = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
                                  "bookworm", str(root), DEBIAN_MIRROR], capture_output=True, text=True)
         if result.returncode != 0:
