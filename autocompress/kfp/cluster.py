@@ -118,9 +118,11 @@ def schedule(config, cron: str, *, host: str | None = None, token: str | None = 
 
 def _cluster_args(config, gpu, publish_uri, trial_shards, secret, params):
     from .. import storage
+    from .arguments import run_config
 
     name, args = pipeline_arguments(config, gpu=gpu, publish_uri=publish_uri, trial_shards=trial_shards,
                                     object_store_secret=secret, extra=params)
+    preflight(run_config(config), gpu)  # before the endpoint is contacted
     for key in ("model_uri", "calib_data_uri", "train_data_uri", "eval_data_uri", "test_data_uri"):
         if args.get(key) and not (storage.is_remote(args[key]) or args[key].startswith("builtin://")):
             raise ConfigError(f"{key} is the local path {args[key]}; a cluster cannot read it. Upload it "
@@ -128,3 +130,72 @@ def _cluster_args(config, gpu, publish_uri, trial_shards, secret, params):
     if publish_uri and not storage.is_remote(publish_uri):
         raise ConfigError(f"publish_uri {publish_uri} must be an s3:// or minio:// URI on a cluster")
     return name, args
+
+
+def preflight(rc, gpu: bool) -> list[str]:
+    """`autocompress run`'s pre-flight (autocompress.preflight) as far as it can run on the machine that
+    submits, before the endpoint is contacted: the config (pipeline_arguments validates it), the
+    device string and that the pipeline has it (an accelerator needs the GPU pipeline: not --cpu),
+    the metric (a built-in, or a plugin `module:function` that resolves where it imports here),
+    model / data / teacher / publish locations the cluster can read (object-store URIs, not local
+    paths). Returns what it could not check here, also logged: model files, data against the model's
+    feeds, node and prune names and teacher contents (the cluster's load stages check them; their
+    URIs are read with the cluster's endpoint and credentials), and plugins this machine cannot import."""
+    import logging
+
+    from .. import storage
+    from ..data.plugin import _SPEC_RE, load_plugin
+    from ..errors import DeviceError
+    from ..metrics import load_metric
+    from ..paddle_env import _DEVICE_RE
+
+    device = str(rc.Device).strip().lower()
+    match = _DEVICE_RE.match(device)
+    if not match:
+        raise DeviceError(f"Device {rc.Device!r} is not a device. Use one of: cpu, gpu, gpu:<id>, xpu:<id>, npu, "
+                          "npu:<id>.")
+    if match.group(1) != "cpu" and not gpu:
+        raise DeviceError(f"Device {rc.Device!r} but the CPU pipeline (--cpu) runs on pods without accelerators; "
+                          "set Device: cpu, or submit without --cpu")
+    skipped = ["model files, data against the model's feeds, node / prune names and teacher contents: the "
+               "cluster's load stages check them"]
+    metric = str(rc.Eval.metric)
+    if ":" not in metric:
+        load_metric(metric)  # an unknown name: the ConfigError listing the allowed ones
+    elif not _SPEC_RE.match(metric) or _importable(metric.split(":")[0]):
+        load_plugin(metric, "metric")  # malformed, or importable here: resolved as the stage would
+    else:
+        skipped.append(f"metric plugin {metric!r}: its module does not import here; the image must provide it")
+    from ..job import Job
+
+    job = None if rc.combination == "auto" else Job.from_run_config(rc)
+    for key, folder in _teacher_dirs(job):
+        if folder and not storage.is_remote(folder):
+            raise ConfigError(f"{key} is the local path {folder}; a cluster cannot read it. Upload the teacher "
+                              "model (e.g. with `mc cp` / `aws s3 cp`) and use its s3:// or minio:// URI")
+    for line in skipped:
+        logging.getLogger("autocompress").info("pre-flight (submit): not checked here: %s", line)
+    return skipped
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _teacher_dirs(job) -> list[tuple[str, str]]:
+    if job is None:
+        return []
+    out = []
+    single = job.configs.get("DistillationConfig")
+    if single is not None and single.teacher_model_dir:
+        out.append(("DistillationConfig.teacher_model_dir", single.teacher_model_dir))
+    multi = job.configs.get("MultiTeacherDistillationConfig")
+    if multi is not None:
+        out += [(f"MultiTeacherDistillationConfig.teacher_model_dir[{i}]", d)
+                for i, d in enumerate(multi.teacher_model_dir)]
+    return out
