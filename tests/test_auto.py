@@ -213,3 +213,21 @@ def test_a_spent_time_budget_runs_nothing_more_and_says_so(digits_files, digits_
     assert all("time budget spent" in c["reason"] for c in summary["candidates"])
     assert summary["chosen"] is None and summary["target_met"] is False and summary["model_dir"] is None
     assert "no candidate finished" in " ".join(summary["warnings"])
+
+
+def test_training_recipe_distills_logits_when_the_output_is_a_softmax(digits_files):
+    """A softmax output (PP-OCRv4 rec) is distilled on its logits with KL; a logits output (the digits
+    CNN) keeps the spec's defaults. Channels are ranked by their activations either way."""
+    from autocompress.auto.search import training_recipe
+    from autocompress.model_io import load_model, locate_model
+    from autocompress.ocr import rec_model_dir
+    from autocompress.paddle_env import legacy_ir
+
+    with legacy_ir():
+        digits = training_recipe(load_model(digits_files))
+        rec = training_recipe(load_model(locate_model(rec_model_dir())))
+    assert digits == {"DistillationConfig": {}, "PruneConfig": {"criterion": "activation"}, "TrainConfig": {}}
+    assert rec["DistillationConfig"]["distill_loss"] == "kl_loss"
+    pair = rec["DistillationConfig"]["distill_node_pair"]
+    assert len(pair) == 2 and pair[0] == pair[1] and pair[0].startswith("linear_")
+    assert rec["TrainConfig"] == {"optimizer": "Adam", "learning_rate": 3e-4}
