@@ -167,6 +167,8 @@ def test_the_chosen_model_and_the_reports_come_out(piped, digits_files):
     assert done, s["candidates"]
     for c in done:  # every finished candidate measured again, together, in the final ranking
         assert c["final_ranking"] and c["latency_ms"]["32"] > 0 and c["speedup"] > 0
+        assert c["latency_ms"]["1"] > 0 and c["speedup_batch1"] > 0
+    assert set(s["original"]["latency_ms"]) == {"1", "32"}  # measured in the same final ranking
     eligible = [c for c in done if c["within_budget"] and not c["slower"] and c["speedup"] > 1]
     if eligible:
         assert s["chosen"] == max(eligible, key=lambda c: c["speedup"])["id"] and s["target_met"]

@@ -177,8 +177,8 @@ class Search:
     def finish(self, rank_all: bool = False) -> dict:
         """The final ranking (all candidates within the budget measured together, interleaved with
         the original), the choice, and the deliverable; returns the summary. `rank_all`: measure every
-        finished candidate (the auto pipeline: its branches measured side by side, under each other's
-        load, so the over-budget ones' numbers would not compare with the original's)."""
+        finished candidate, at batch 1 too (the auto pipeline: its branches measured side by side, under
+        each other's load, so their own numbers would not compare with the original's)."""
         self._final_latency(rank_all)
         self._choose()
         shutil.rmtree(self.save_dir / ".work", ignore_errors=True)
@@ -320,7 +320,13 @@ class Search:
         if not fresh:
             return
         files = [locate_model(r["model_dir"]) for r in fresh]
-        before, after, lost = self._compare(files, [r["precision"] == "int8" for r in fresh], self.batch)
+        int8s = [r["precision"] == "int8" for r in fresh]
+        if rank_all and self.batch != 1:  # batch 1 too: no number from the branches' shared machine
+            before, after, _ = self._compare(files, int8s, 1)
+            self.original_facts["latency_ms"]["1"] = before
+            for record, ms in zip(fresh, after):
+                record["latency_ms"]["1"], record["speedup_batch1"] = ms, before / ms if ms else None
+        before, after, lost = self._compare(files, int8s, self.batch)
         self.original_facts["latency_ms"][str(self.batch)] = before
         for record, ms, share in zip(fresh, after, lost):
             record["latency_ms"][str(self.batch)] = ms
