@@ -465,3 +465,49 @@ def test_store_gone_for_good_is_reported_after_the_retries(going_away, tmp_path,
     FIGURES.append({"phase": f"object store stopped mid-{'download' if direction == 'down' else 'upload'}, gone",
                     "attempts": store.retries + 1, "backoff_s": [round(s, 2) for s in sleeps],
                     "result": "TransientStorageError"})
+
+
+def test_a_trial_log_of_another_search_is_not_reused(digits_files, digits_data, tmp_path):
+    """Interrupted after 2 trials: the same search reuses them (and evaluates only the rest); another
+    config or other eval data (another baseline) reuses nothing."""
+    from test_train_support import top1_evaluator
+
+    from autocompress.quant.ptq_search import run_ptq_search
+
+    x, y = digits_data["eval"]
+    calib = [{"x": digits_data["calib"][0][i:i + 16]} for i in range(0, 64, 16)]
+    hpo = {**HPO, "max_quant_count": 5}
+    calls = {"n": 0}
+
+    def evaluate(stop_at):
+        inner = top1_evaluator(x[:200], y[:200])
+
+        def call(predict, limit=None):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                raise KeyboardInterrupt
+            return inner(predict, limit)
+        return call
+
+    first = run_ptq_search(digits_files, calib, evaluate(4), QUANT, hpo, tmp_path, progress=False, deploy_eval=False)
+    assert first["interrupted"] and len(first["trials"]) == 2
+    calls["n"] = 0
+    other = run_ptq_search(digits_files, calib, evaluate(0), QUANT, {**hpo, "ptq_algo": ["avg", "mse"]},
+                           tmp_path / "other", progress=False, deploy_eval=False)
+    assert other["reused_trials"] == 0
+    import shutil
+
+    shutil.copy(tmp_path / "trials.json", tmp_path / "trials.saved")
+    for changed in ({**hpo, "seed": 1}, hpo):
+        shutil.copy(tmp_path / "trials.saved", tmp_path / "trials.json")
+        calls["n"] = 0
+        data = (x[200:400], y[200:400]) if changed is hpo else (x[:200], y[:200])
+        inner = top1_evaluator(*data)
+        result = run_ptq_search(digits_files, calib, lambda p, limit=None: inner(p, limit), QUANT, changed, tmp_path,
+                                progress=False, deploy_eval=False)
+        assert result["reused_trials"] == 0  # another seed; other eval data (another baseline)
+    shutil.copy(tmp_path / "trials.saved", tmp_path / "trials.json")
+    calls["n"] = 0
+    again = run_ptq_search(digits_files, calib, evaluate(0), QUANT, hpo, tmp_path, progress=False, deploy_eval=False)
+    assert again["reused_trials"] == 2 and len(again["trials"]) == 5
+    assert calls["n"] == 1 + 3  # the baseline and the 3 trials the log lacked
