@@ -259,6 +259,9 @@ def save_quantized(qmodel: QuantizedModel, model, out_dir, metadata: dict | None
 
 
 import contextlib  # noqa: E402  (helpers below keep paddle's progress bars and warnings out of ours)
+import threading  # noqa: E402
+
+_NODE_ORDER_LOCK = threading.Lock()
 
 
 class _IdOrderedNodes(set):
@@ -276,18 +279,19 @@ def _stable_node_order():
     from paddle.base.framework import IrGraph
 
     names = ("all_nodes", "all_var_nodes", "all_persistable_nodes", "all_op_nodes")
-    originals = {n: IrGraph.__dict__[n] for n in names}
 
     def ordered(fn):
         return lambda self: _IdOrderedNodes(fn(self))
 
-    try:
-        for n, fn in originals.items():
-            setattr(IrGraph, n, ordered(fn))
-        yield
-    finally:
-        for n, fn in originals.items():
-            setattr(IrGraph, n, fn)
+    with _NODE_ORDER_LOCK:  # the patch is process-wide: one template build at a time
+        originals = {n: IrGraph.__dict__[n] for n in names}
+        try:
+            for n, fn in originals.items():
+                setattr(IrGraph, n, ordered(fn))
+            yield
+        finally:
+            for n, fn in originals.items():
+                setattr(IrGraph, n, fn)
 
 
 @contextlib.contextmanager
