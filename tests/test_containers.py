@@ -100,6 +100,26 @@ def test_security_options_hold_inside_the_container(images, tmp_path, readable):
     assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
 
 
+def test_inputs_under_roots_home_are_reachable(images, tmp_path):
+    """As root, the demo's builtin:// files live under /root, which is 0700 in the image: the runner
+    opens the demo cache up and lays a traversable folder over /root, still read-only for uid 1000."""
+    import docker
+
+    rc = local_run._materialize_builtin(local_run.run_config(REPO / "examples" / "digits" / "ptq_hpo.yaml"))
+    if os.geteuid() != 0 or not rc.Model.model_dir.startswith("/root/"):
+        pytest.skip("the builtin demo files are not under /root here")
+    pipeline = local_run.pipelines_module().by_name("ptq_hpo_cpu")
+    _, args = local_run.pipeline_arguments(rc, publish_uri="")
+    runner, _ = local_run._docker_runner(rc, pipeline, args, tmp_path / "root", "", echo=lambda line: None)
+    client = docker.from_env()
+    try:
+        out = client.containers.run(images["cpu"], ["sh", "-c", f"ls {rc.Model.model_dir}; touch /root/x 2>&1 || true"],
+                                    remove=True, **runner.container_run_args).decode()
+    finally:
+        client.close()
+    assert "inference.pdmodel" in out and "Permission denied" in out
+
+
 @pytest.mark.parametrize("combination", list(STRATEGIES))
 def test_pipeline_in_containers(images, tmp_path, combination, readable, hashes):
     digits_files, data = readable

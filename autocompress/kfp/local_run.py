@@ -204,8 +204,14 @@ def _docker_runner(rc: RunConfig, pipeline, args: dict, root: Path, endpoint: st
         user = f"{POD_UID}:{POD_UID}"
         root.mkdir(parents=True, exist_ok=True)
         os.chown(root, POD_UID, POD_UID)
+        from ..demo.digits import default_cache_dir
+
+        demo = default_cache_dir().resolve()
         for path in inputs:
             bad = _unreadable_by_others(path)
+            if bad is not None and demo in path.parents:  # builtin:// demo files: ours to open up
+                _let_others_read(path)
+                bad = None
             if bad is not None:
                 raise ConfigError(f"{bad} is not readable by uid {POD_UID}, the user the containers run as (the "
                                   f"pods' runAsUser): make it readable (chmod -R o+rX {path}) or run as a non-root "
@@ -216,11 +222,18 @@ def _docker_runner(rc: RunConfig, pipeline, args: dict, root: Path, endpoint: st
     host = re.sub(r"^\w+://", "", endpoint).split("/")[0].rsplit(":", 1)[0].strip("[]")
     network = ("host" if remote and host in ("127.0.0.1", "localhost", "::1") else
                None if remote else "none")
+    mounts = [docker.types.Mount(target=str(p), source=str(p), type="bind", read_only=True) for p in inputs]
+    if any(Path("/root") in p.parents for p in inputs):
+        # the image's /root is 0700 (a tmpfs there keeps that mode): an empty 0755 folder over it lets
+        # the containers' user reach the inputs mounted below it (their mount points are made in it)
+        standin = root / ".root-for-containers"
+        standin.mkdir(parents=True, exist_ok=True)
+        os.chmod(standin, 0o755)
+        mounts.insert(0, docker.types.Mount(target="/root", source=str(standin), type="bind"))
     options = dict(user=user, read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev"}, security_opt=["no-new-privileges"],
                    cap_drop=["ALL"], working_dir="/tmp",
                    environment={"HOME": "/tmp", **{k: os.environ[k] for k in STORE_ENV if os.environ.get(k)}},
-                   mounts=[docker.types.Mount(target=str(p), source=str(p), type="bind", read_only=True)
-                           for p in inputs])
+                   mounts=mounts)
     if network:
         options["network_mode"] = network
     import logging
@@ -290,6 +303,14 @@ def _unreadable_by_others(path: Path) -> Path | None:
             if st.st_uid != POD_UID and st.st_mode & need != need:
                 return Path(entry)
     return None
+
+
+def _let_others_read(path: Path) -> None:
+    for folder, _, files in os.walk(path):
+        os.chmod(folder, os.stat(folder).st_mode | 0o005)
+        for name in files:
+            entry = os.path.join(folder, name)
+            os.chmod(entry, os.stat(entry).st_mode | 0o004)
 
 
 @contextlib.contextmanager
