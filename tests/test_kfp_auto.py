@@ -278,3 +278,16 @@ def test_a_retried_branch_reuses_what_its_failed_attempt_finished(tmp_path, digi
     assert records[0]["model_dir"] == "candidates/ptq/model"
     assert (tmp_path / "candidates" / "candidates" / "ptq" / "model" / digits_files.model_filename).exists()
     assert not work.exists()  # done: the attempt's folder is gone, the artifact holds the result
+
+
+def test_train_config_reaches_the_branches(tmp_path):
+    """A TrainConfig next to Auto travels in the pipeline's config to the training candidates."""
+    from autocompress.config import load_run_config
+    from autocompress.kfp.arguments import pipeline_arguments
+
+    cfg = yaml.safe_load((REPO / "examples" / "digits" / "auto.yaml").read_text())
+    cfg["TrainConfig"] = {"train_iter": 7, "learning_rate": 0.002, "optimizer": "Momentum"}
+    name, args = pipeline_arguments(load_run_config(cfg))
+    auto, train = auto_adapters.parse_config(args["config"])
+    assert name == "auto_cpu" and train == {"train_iter": 7, "learning_rate": 0.002, "optimizer": "Momentum"}
+    assert auto_adapters.parse_config(auto_adapters.pipeline_config(auto)) == (auto, None)
