@@ -511,3 +511,42 @@ def test_a_trial_log_of_another_search_is_not_reused(digits_files, digits_data, 
     again = run_ptq_search(digits_files, calib, evaluate(0), QUANT, hpo, tmp_path, progress=False, deploy_eval=False)
     assert again["reused_trials"] == 2 and len(again["trials"]) == 5
     assert calls["n"] == 1 + 3  # the baseline and the 3 trials the log lacked
+
+
+def test_killed_local_pipeline_keeps_the_previous_output(inputs, ptq_reference, tmp_path):
+    """`autocompress run` (the local KFP pipeline) SIGKILLed, its stage processes with it, once the
+    PTQ search stage has started: the save dir is written only by the export stage, so the previous
+    deliverable is untouched; the rerun delivers the uninterrupted run's model."""
+    import shutil
+
+    pytest.importorskip("kfp", reason="the local pipeline needs kfp")
+    root, data, model = inputs
+    reference, previous, _ = ptq_reference
+    save = tmp_path / "out"
+    shutil.copytree(previous, save)
+    before = _deliverable(save)
+    config = _config(tmp_path, data, model, save, {"QuantizationConfig": QUANT, "HyperParameterOptimizationConfig": HPO})
+    cmd = [sys.executable, "-m", "autocompress.cli", "run", str(config)]
+    env = dict(os.environ, GLOG_minloglevel="2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if list((save / "pipeline-root").glob("*/for-loop-*")):  # the ptq-trial stage started
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert {k: v for k, v in _deliverable(save).items() if not k.startswith("pipeline-root")} == before
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = _outcome(save)
+    assert (got["metric"], got["config"]) == (reference["metric"], reference["config"])
+    FIGURES.append({"phase": "local KFP pipeline, PTQ search stage", "previous_intact": True,
+                    "same_config": True, "same_model_sha256": got["files"] == reference["files"]})
+    assert got["files"] == reference["files"]
