@@ -231,3 +231,14 @@ def test_training_recipe_distills_logits_when_the_output_is_a_softmax(digits_fil
     pair = rec["DistillationConfig"]["distill_node_pair"]
     assert len(pair) == 2 and pair[0] == pair[1] and pair[0].startswith("linear_")
     assert rec["TrainConfig"] == {"optimizer": "Adam", "learning_rate": 3e-4}
+
+
+def test_the_summary_has_every_run_field(searched):
+    from autocompress.summary import REQUIRED_FIELDS
+
+    summary, _ = searched
+    chosen = next(c for c in summary["candidates"] if c["id"] == summary["chosen"])
+    assert set(REQUIRED_FIELDS) <= set(summary)
+    assert summary["size_bytes_after"] == chosen["size_bytes"] and summary["metric_drop"] == chosen["metric_drop"]
+    assert summary["latency_ms_after"] == chosen["latency_ms"]["64"]
+    assert summary["latency_ms_before"] == summary["original"]["latency_ms"]["64"]

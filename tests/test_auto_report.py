@@ -112,6 +112,14 @@ def test_markdown_headline_and_table_numbers():
     assert "**Warning:** int8 runs slower than FP32 on paddle-cpu" in md
 
 
+def test_within_budget_but_not_faster_is_not_called_over_budget():
+    s = _summary(target_met=False, chosen="prune_distill-0.5",
+                 chosen_reason="no candidate within the budget is faster than the original")
+    md = render_markdown(s)
+    assert "prune_distill-0.5 is within the budget (max absolute drop 0.01) but not faster than the original" in md
+    assert "outside the budget" not in md
+
+
 def test_not_met_wording_everywhere():
     s = _not_met()
     md = render_markdown(s)

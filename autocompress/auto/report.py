@@ -233,7 +233,10 @@ def headline(summary: dict) -> list[str]:
                      f" (drop {_f(c.get('metric_drop'))}), speed-up {_x(c.get('speedup'))} at batch "
                      f"{_batch_label(summary)}." + (f" Why: {str(reason).rstrip('.')}." if reason else ""))
     if summary.get("target_met"):
-        lines.append("Target met: the chosen model is within the budget.")
+        lines.append("Target met: the chosen model is within the budget and faster than the original.")
+    elif cid is not None and (chosen or {}).get("within_budget"):
+        lines.append(f"Target NOT met: {cid} is within the budget ({budget}) but not faster than the original on "
+                     "the target; it is kept, but deploying the original is as fast.")
     elif cid is not None:
         lines.append(f"Target NOT met: no candidate met the budget ({budget}); {cid} is the best found and is kept, "
                      "but it is outside the budget.")

@@ -400,9 +400,22 @@ class Search:
             "metric": chosen["metric"] if chosen else None,
             "test_metric": chosen["test_metric"] if chosen else None,
             "speedup": chosen["speedup"] if chosen else None,
+            **self._before_after(chosen),
             "warnings": warnings, "peak_rss_bytes": peak_rss_bytes(),
             "model_dir": str(self.save_dir / "model") if chosen else None, "save_dir": str(self.save_dir),
         }
+
+    def _before_after(self, chosen: dict | None) -> dict:
+        """The fields every run's summary has (summary.REQUIRED_FIELDS): the chosen model next to the
+        original, latency at the deployment batch; None where nothing was chosen."""
+        original, batch = self.original_facts, str(self.batch)
+        pick = (lambda key: chosen.get(key)) if chosen else (lambda key: None)
+        return {"metric_drop": pick("metric_drop"),
+                "size_bytes_before": original["size_bytes"], "size_bytes_after": pick("size_bytes"),
+                "params_before": original["params"], "params_after": pick("params"),
+                "flops_before": original["flops"], "flops_after": pick("flops"),
+                "latency_ms_before": original["latency_ms"].get(batch),
+                "latency_ms_after": (chosen or {}).get("latency_ms", {}).get(batch)}
 
     def publish(self) -> dict:
         """summary.json, report.md and report.html for the search so far (after every candidate)."""
@@ -411,7 +424,7 @@ class Search:
         if not hasattr(self, "evaluation"):  # interrupted before the baseline: nothing to report
             return {}
         summary = self.summary()
-        write_json_atomic(self.save_dir / "summary.json", summary)
+        write_json_atomic(self.save_dir / "summary.json", summary)  # report.md is auto mode's own
         write_reports(summary, self.save_dir)
         return summary
 
