@@ -130,16 +130,21 @@ def ptq_reference(inputs):
     return _outcome(ref), previous, json.loads((ref / "trials.json").read_text())
 
 
-@pytest.mark.parametrize("phase", ["calibration", "search", "export", "export-summary"])
-def test_killed_ptq_run_keeps_the_previous_output_and_a_rerun_matches(inputs, ptq_reference, phase, tmp_path):
+def _over_previous(inputs, ptq_reference, tmp_path):
+    """A save dir holding the previous complete output, its deliverable's hashes, the search's config."""
     import shutil
 
-    root, data, model = inputs
-    reference, previous, ref_trials = ptq_reference
+    _, data, model = inputs
     save = tmp_path / "out"
-    shutil.copytree(previous, save)
-    before = _deliverable(save)
+    shutil.copytree(ptq_reference[1], save)
     config = _config(tmp_path, data, model, save, {"QuantizationConfig": QUANT, "HyperParameterOptimizationConfig": HPO})
+    return save, _deliverable(save), config
+
+
+@pytest.mark.parametrize("phase", ["calibration", "search", "export", "export-summary"])
+def test_killed_ptq_run_keeps_the_previous_output_and_a_rerun_matches(inputs, ptq_reference, phase, tmp_path):
+    reference, _, ref_trials = ptq_reference
+    save, before, config = _over_previous(inputs, ptq_reference, tmp_path)
 
     killed_after = _killed_run(config, phase)
     after = _deliverable(save)
@@ -517,15 +522,9 @@ def test_killed_local_pipeline_keeps_the_previous_output(inputs, ptq_reference, 
     """`autocompress run` (the local KFP pipeline) SIGKILLed, its stage processes with it, once the
     PTQ search stage has started: the save dir is written only by the export stage, so the previous
     deliverable is untouched; the rerun delivers the uninterrupted run's model."""
-    import shutil
-
     pytest.importorskip("kfp", reason="the local pipeline needs kfp")
-    root, data, model = inputs
-    reference, previous, _ = ptq_reference
-    save = tmp_path / "out"
-    shutil.copytree(previous, save)
-    before = _deliverable(save)
-    config = _config(tmp_path, data, model, save, {"QuantizationConfig": QUANT, "HyperParameterOptimizationConfig": HPO})
+    reference = ptq_reference[0]
+    save, before, config = _over_previous(inputs, ptq_reference, tmp_path)
     cmd = [sys.executable, "-m", "autocompress.cli", "run", str(config)]
     env = dict(os.environ, GLOG_minloglevel="2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
