@@ -22,7 +22,7 @@ from pathlib import Path
 
 CASES = {
     "digits": {"batch": 64, "auto": {"ptq_trials": 4, "epochs": 4, "prune_ratios": [0.5, 0.75]}},
-    "ppocr-rec": {"batch": 6, "auto": {"ptq_trials": 8, "train_iter": 300, "prune_ratios": [0.25, 0.5]},
+    "ppocr-rec": {"batch": 6, "auto": {"ptq_trials": 8, "train_iter": 60, "prune_ratios": [0.25, 0.5]},
                   "train_lines": 512, "select_lines": 64, "test_lines": 96},
     "ppocr-det": {"batch": 1, "auto": {"ptq_trials": 4, "train_iter": 150, "prune_ratios": [0.25, 0.5]},
                   "size": (480, 640), "train_pages": 48, "select_pages": 12, "test_pages": 16},
