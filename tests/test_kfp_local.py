@@ -23,7 +23,9 @@ STRATEGIES = {
                                                      "batch_num": [4], "max_quant_count": 2}},
     "qat_distill": {"QuantizationConfig": {"quantize_op_types": ["conv2d", "matmul_v2", "mul"]},
                     "DistillationConfig": {}, "TrainConfig": TRAIN},
-    "prune_distill": {"PruneConfig": {"pruned_ratio": 0.25}, "DistillationConfig": {}, "TrainConfig": TRAIN},
+    # criterion 'activation' needs the training batches in the prune stage (as in-process runs have them)
+    "prune_distill": {"PruneConfig": {"pruned_ratio": 0.25, "criterion": "activation"}, "DistillationConfig": {},
+                      "TrainConfig": TRAIN},
     "sparse_distill": {"UnstructurePruneConfig": {"prune_ratio": 0.5}, "DistillationConfig": {},
                        "TrainConfig": TRAIN},
     "distill": {"DistillationConfig": {}, "TrainConfig": TRAIN},

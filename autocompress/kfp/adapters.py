@@ -215,14 +215,17 @@ def select_best(candidate_dirs, dest) -> dict:
 
 
 # ---- pruning and training -----------------------------------------------------------------------
-def prune(model_dir, config, dest, device: str = "cpu", batch_size: int = 32) -> dict:
+def prune(model_dir, config, dest, device: str = "cpu", batch_size: int = 32, train_dir=None) -> dict:
+    """Channel pruning; `train_dir` (the training Dataset) gives the batches for mean compensation
+    and criterion 'activation', as in-process runs do."""
     from ..stages.train import prune as prune_stage
 
     job = _job(config, "prune", device=device, batch_size=batch_size)
     describe(model_dir)
     with StageTimer("prune") as t, tempfile.TemporaryDirectory(prefix="ac-prune-") as work:
         model = _engine_model(ModelArtifact.load(model_dir), Path(work) / "input")
-        pruned = prune_stage(model, job.configs["PruneConfig"], work, _place(job))
+        calib = _bound(train_dir, batch_size, model.files) if train_dir else None
+        pruned = prune_stage(model, job.configs["PruneConfig"], work, _place(job), calib=calib)
         saved = pruned.save(dest)
     write_json_atomic(Path(dest) / "autocompress.json", {**saved.meta, "stages": saved.stages + [t.record]})
     facts = saved.meta.get("facts", {})

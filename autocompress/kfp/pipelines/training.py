@@ -33,7 +33,8 @@ def build(strategy, gpu: bool = True):
             secret=object_store_secret, s3_endpoint=s3_endpoint)
         student = model.outputs["model"]
         if with_prune:
-            pruned = common(heavy(c.prune(model=student, config=config, device=device, batch_size=batch_size),
+            pruned = common(heavy(c.prune(model=student, train_data=train.outputs["dataset"], config=config, device=device,
+                                          batch_size=batch_size),
                                   **place), object_store_secret, "prune channels")
             student = pruned.outputs["pruned"]
         trained = common(heavy(c.distill_train(student=student, teacher=model.outputs["model"],
