@@ -122,7 +122,7 @@ def _cluster_args(config, gpu, publish_uri, trial_shards, secret, params):
 
     name, args = pipeline_arguments(config, gpu=gpu, publish_uri=publish_uri, trial_shards=trial_shards,
                                     object_store_secret=secret, extra=params)
-    preflight(run_config(config), gpu)  # before the endpoint is contacted
+    preflight(run_config(config), gpu, device=args.get("device"))  # before the endpoint is contacted
     for key in ("model_uri", "calib_data_uri", "train_data_uri", "eval_data_uri", "test_data_uri"):
         if args.get(key) and not (storage.is_remote(args[key]) or args[key].startswith("builtin://")):
             raise ConfigError(f"{key} is the local path {args[key]}; a cluster cannot read it. Upload it "
@@ -132,7 +132,7 @@ def _cluster_args(config, gpu, publish_uri, trial_shards, secret, params):
     return name, args
 
 
-def preflight(rc, gpu: bool) -> list[str]:
+def preflight(rc, gpu: bool, device: str | None = None) -> list[str]:
     """`autocompress run`'s pre-flight (autocompress.preflight) as far as it can run on the machine that
     submits, before the endpoint is contacted: the config (pipeline_arguments validates it), the
     device string and that the pipeline has it (an accelerator needs the GPU pipeline: not --cpu),
@@ -149,14 +149,15 @@ def preflight(rc, gpu: bool) -> list[str]:
     from ..metrics import load_metric
     from ..paddle_env import _DEVICE_RE
 
-    device = str(rc.Device).strip().lower()
+    given = rc.Device if device is None else device  # `device` as the run's parameters override it
+    device = str(given).strip().lower()
     match = _DEVICE_RE.match(device)
     if not match:
-        raise DeviceError(f"Device {rc.Device!r} is not a device. Use one of: cpu, gpu, gpu:<id>, xpu:<id>, npu, "
+        raise DeviceError(f"Device {given!r} is not a device. Use one of: cpu, gpu, gpu:<id>, xpu:<id>, npu, "
                           "npu:<id>.")
     if match.group(1) != "cpu" and not gpu:
-        raise DeviceError(f"Device {rc.Device!r} but the CPU pipeline (--cpu) runs on pods without accelerators; "
-                          "set Device: cpu, or submit without --cpu")
+        raise DeviceError(f"Device {given!r} but the CPU pipeline (--cpu) runs on pods without accelerators; "
+                          "set Device: cpu (or the run parameter device: cpu), or submit without --cpu")
     skipped = ["model files, data against the model's feeds, node / prune names and teacher contents: the "
                "cluster's load stages check them"]
     metric = str(rc.Eval.metric)
