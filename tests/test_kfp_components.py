@@ -112,11 +112,12 @@ def test_ptq_components_chain(loaded, tmp_path):
 
 
 def test_prune_component_makes_the_model_smaller(loaded, tmp_path):
-    model, _, _ = loaded
-    config = json.dumps({"PruneConfig": {"pruned_ratio": 0.5}, "DistillationConfig": {},
+    model, calib, _ = loaded
+    # criterion 'activation' ranks channels on the training batches the component receives
+    config = json.dumps({"PruneConfig": {"pruned_ratio": 0.5, "criterion": "activation"}, "DistillationConfig": {},
                          "TrainConfig": {"train_iter": 2}})
     pruned = art(dsl.Model, tmp_path, "pruned")
-    c.prune.python_func(model=model, config=config, pruned=pruned)
+    c.prune.python_func(model=model, train_data=calib, config=config, pruned=pruned)
     assert pruned.metadata["params_after"] < pruned.metadata["params_before"]
     meta = json.loads((Path(pruned.path) / "autocompress.json").read_text())
     assert meta["strategy"] == "prune" and meta["stages"][-1]["stage"] == "prune"
@@ -143,7 +144,7 @@ def test_asp_masks_survive_the_pipeline_training_stage(loaded, tmp_path):
     config = json.dumps({"PruneConfig": {"prune_algo": "asp"}, "DistillationConfig": {},
                          "TrainConfig": {"train_iter": 8, "eval_iter": 4, "optimizer": "Adam", "learning_rate": 0.01}})
     pruned, trained = art(dsl.Model, tmp_path, "pruned"), art(dsl.Model, tmp_path, "trained")
-    c.prune.python_func(model=model, config=config, pruned=pruned)
+    c.prune.python_func(model=model, train_data=calib, config=config, pruned=pruned)
     c.distill_train.python_func(student=pruned, teacher=model, train_data=calib, eval_data=evald, config=config,
                                 trained=trained, metrics=art(dsl.Metrics, tmp_path, "m"))
     with legacy_ir():
