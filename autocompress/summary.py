@@ -15,9 +15,15 @@ REQUIRED_FIELDS = (
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    """Peak resident memory of this process: VmHWM on Linux (its own peak since exec; ru_maxrss there
+    carries the parent's high-water mark over fork + exec, so a pipeline stage started by a large
+    process reported the parent's peak), else ru_maxrss (bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration, ValueError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def metric_drop(baseline: float, metric: float, drop_type: str = "absolute") -> float:

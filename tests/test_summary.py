@@ -57,3 +57,18 @@ def test_outputs_get_the_umask_permissions_not_private_temp_ones(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+
+
+def test_peak_rss_is_this_process_own(tmp_path):
+    """Regression: ru_maxrss carries the parent's high-water mark over fork + exec on Linux, so a
+    pipeline stage started by a large process reported the parent's peak as its own."""
+    import json
+    import subprocess
+    import sys
+
+    ballast = bytearray(1200 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    code = "from autocompress.summary import peak_rss_bytes; print(peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    del ballast
+    assert int(json.loads(out.stdout)) < 1024 * 2**20
