@@ -24,6 +24,16 @@ SLOWER_MARGIN = 1.03
 SLOWER_ROUNDS = 0.8
 
 
+def rounds_lost(original_rounds: list[float], model_rounds: list[float]) -> float:
+    """The share of interleaved rounds in which the model was slower than the original."""
+    return sum(a > o for o, a in zip(original_rounds, model_rounds)) / max(len(original_rounds), 1)
+
+
+def is_slower(before: float, after: float, lost: float) -> bool:
+    """The rule above: median more than SLOWER_MARGIN above the original's and most rounds lost."""
+    return bool(after > before * SLOWER_MARGIN and lost >= SLOWER_ROUNDS)
+
+
 def compare_models(original: ModelFiles, compressed: ModelFiles, meta: dict, evaluation,
                    eval_settings: EvalSection, latency_threads: int = 1, deploy: DeploySection | None = None) -> dict:
     """Summary fields comparing `compressed` (with its stage metadata `meta`) against `original`.
@@ -100,9 +110,9 @@ def latency_by_runtime(original: ModelFiles, compressed: ModelFiles, int8: bool,
             per_round: list = []
             before, after = compare_latency([(original, False), (compressed, int8)], evaluation.feed_of(b),
                                             threads=threads, target=target, per_round=per_round)
-            lost = sum(a > o for o, a in zip(*per_round)) / max(len(per_round[0]), 1)
+            lost = rounds_lost(*per_round)
             rows.append({"runtime": name, "backend": target.describe(int8, threads, b), "batch": b,
                          "ms_before": before, "ms_after": after, "speedup": before / after if after else None,
-                         "rounds_lost": lost, "slower": bool(after > before * SLOWER_MARGIN and lost >= SLOWER_ROUNDS),
+                         "rounds_lost": lost, "slower": is_slower(before, after, lost),
                          **({"metric": metric} if metric is not None else {})})
     return sorted(rows, key=lambda r: r["batch"])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..atomic import atomic_dir, write_json_atomic
 from ..errors import AutoCompressError, ConfigError
+from ..measure import is_slower
 from ..summary import metric_drop, peak_rss_bytes
 from .candidates import Candidate, Skipped, plan
 from .config import AutoConfig
@@ -140,9 +141,8 @@ class Search:
         self.test_evaluation = None if inputs.test_data is None else build_evaluation(
             self.original, inputs.test_data, self.eval_settings.metric, feeds, self.target, sample_source=sample)
         self.batch = self.auto.batch_size or self.evaluation.data_batch
-        shapes = {k: list(v.shape) for k, v in self.evaluation.sample_feed.items()}
-        self.shapes = shapes
-        facts = summarize(self.original, shapes)
+        self.shapes = {k: list(v.shape) for k, v in self.evaluation.sample_feed.items()}
+        facts = summarize(self.original, self.shapes)
         self.original_facts = {"metric": self.evaluation.baseline,
                                "test_metric": self.test_evaluation.baseline if self.test_evaluation else None,
                                "size_bytes": facts["size_bytes"], "params": facts.get("params"),
@@ -288,7 +288,7 @@ class Search:
             self.original_facts["latency_ms"][str(batch)] = before
             speedups[batch] = before / after[0] if after[0] else None
             if batch == self.batch:
-                slower = _is_slower(before, after[0], lost[0])
+                slower = is_slower(before, after[0], lost[0])
         facts = summarize(files, self.shapes)
         drop = metric_drop(self.evaluation.baseline, metric, self.eval_settings.drop_type)
         return {"metric": metric, "metric_drop": drop, "test_metric": test, "metric_backend": backend,
@@ -302,12 +302,13 @@ class Search:
         """Milliseconds per call of the original and `models` (interleaved rounds) and, per model, the
         share of rounds it lost to the original."""
         from ..backend import compare_latency
+        from ..measure import rounds_lost
 
         per_round: list = []
         times = compare_latency([(self.original, False)] + list(zip(models, int8s)), self.evaluation.feed_of(batch),
                                 threads=self.inputs.latency_threads, target=self.target, per_round=per_round)
         base = per_round[0]
-        lost = [sum(a > o for o, a in zip(base, rounds)) / max(len(base), 1) for rounds in per_round[1:]]
+        lost = [rounds_lost(base, rounds) for rounds in per_round[1:]]
         return times[0], times[1:], lost
 
     def _final_latency(self, rank_all: bool = False) -> None:
@@ -331,7 +332,7 @@ class Search:
         for record, ms, share in zip(fresh, after, lost):
             record["latency_ms"][str(self.batch)] = ms
             record["speedup"] = before / ms if ms else None
-            record["slower"] = _is_slower(before, ms, share)
+            record["slower"] = is_slower(before, ms, share)
             record["final_ranking"] = True
 
     # ---- the choice and the deliverable -------------------------------------------------------
@@ -447,12 +448,6 @@ def training_recipe(loaded) -> dict:
                                         "distill_loss": "kl_loss"}
         recipe["TrainConfig"] = {"optimizer": "Adam", "learning_rate": 3e-4}
     return recipe
-
-
-def _is_slower(before: float, after: float, lost: float) -> bool:
-    from ..measure import SLOWER_MARGIN, SLOWER_ROUNDS
-
-    return bool(after > before * SLOWER_MARGIN and lost >= SLOWER_ROUNDS)
 
 
 def _base_record(cand: Candidate, fingerprint: str) -> dict:
