@@ -53,6 +53,9 @@ class AutoCompression:
             self.auto_settings = cfg.build(cfg.EvalSection, {"metric": metric, "max_drop": max_drop,
                                                              "drop_type": drop_type}, "Eval")
             self.auto_train = None if train_config is None else cfg.build(cfg.TrainConfig, train_config, "TrainConfig")
+            from .auto.config import check_auto_train
+
+            check_auto_train(self.auto, self.auto_train)
             self.job = None
         else:
             self.job = Job.create(strategy_config, train_config, metric=metric, max_drop=max_drop,

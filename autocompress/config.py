@@ -519,14 +519,16 @@ def load_run_config(source, base_dir: str | Path | None = None) -> RunConfig:
 
 def _auto_sections(data: dict):
     """`Auto:` in a run file: auto mode picks the strategies, so strategy configs and Deploy are errors."""
-    from .auto.config import build_auto
+    from .auto.config import build_auto, check_auto_train
 
     clash = sorted(k for k in data if k in STRATEGY_CLASSES or k == "Deploy")
     if clash:
         raise ConfigError(f"the run config has Auto and {clash}: auto mode chooses the strategies and measures on "
                           f"Auto.target at Auto.batch_size; remove {clash}, or remove Auto to run one strategy")
     train = None if data.get("TrainConfig") is None else build(TrainConfig, data["TrainConfig"], "TrainConfig")
-    return {"Auto": build_auto(data["Auto"])}, train, "auto"
+    auto = build_auto(data["Auto"])
+    check_auto_train(auto, train)
+    return {"Auto": auto}, train, "auto"
 
 
 def _resolve(value: str, base_dir: Path) -> str:

@@ -242,3 +242,25 @@ def test_the_summary_has_every_run_field(searched):
     assert summary["size_bytes_after"] == chosen["size_bytes"] and summary["metric_drop"] == chosen["metric_drop"]
     assert summary["latency_ms_after"] == chosen["latency_ms"]["64"]
     assert summary["latency_ms_before"] == summary["original"]["latency_ms"]["64"]
+
+
+def test_a_train_config_fills_the_recipe_and_conflicts_with_auto_epochs(digits_files, digits_data, tmp_path):
+    """A TrainConfig is not silently replaced or ignored: its keys win over the recipe (which fills what
+    it leaves unset), and Auto.epochs / Auto.train_iter beside it is an error."""
+    from autocompress import AutoCompression
+    from autocompress.config import load_run_config
+
+    train, evaluation, _ = _sources(digits_data)
+    files = (str(digits_files.model_dir), digits_files.model_filename, digits_files.params_filename)
+    with pytest.raises(ConfigError, match=r"Auto.epochs and a TrainConfig are both given"):
+        AutoCompression(*files, str(tmp_path / "a"), {"Auto": SMALL}, {"train_iter": 3}, train, evaluation,
+                        devices="cpu")
+    with pytest.raises(ConfigError, match=r"Auto.train_iter and a TrainConfig"):
+        load_run_config({"Model": {"model_dir": str(digits_files.model_dir)}, "Data": {"train": "t", "eval": "e"},
+                         "Auto": {"train_iter": 5}, "TrainConfig": {"epochs": 1}})
+    auto = {k: v for k, v in SMALL.items() if k != "epochs"} | {"candidates": ["prune"]}
+    summary = AutoCompression(*files, str(tmp_path / "b"), {"Auto": auto}, {"train_iter": 3, "learning_rate": 0.01},
+                              train, evaluation, devices="cpu", progress=False).compression()
+    run = json.loads((Path(summary["save_dir"]) / "candidates" / "prune-0.5" / "summary.json").read_text())
+    assert run["steps"] == 3 and {p["lr"] for p in run["curve"]} == {0.01}  # the TrainConfig's length and rate
+    assert run["criterion"] == "activation"  # the recipe still ranks the channels

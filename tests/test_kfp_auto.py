@@ -286,6 +286,7 @@ def test_train_config_reaches_the_branches(tmp_path):
     from autocompress.kfp.arguments import pipeline_arguments
 
     cfg = yaml.safe_load((REPO / "examples" / "digits" / "auto.yaml").read_text())
+    cfg["Auto"].pop("epochs", None)  # a TrainConfig sets the length itself (Auto.epochs beside it is refused)
     cfg["TrainConfig"] = {"train_iter": 7, "learning_rate": 0.002, "optimizer": "Momentum"}
     name, args = pipeline_arguments(load_run_config(cfg))
     auto, train = auto_adapters.parse_config(args["config"])

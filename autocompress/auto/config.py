@@ -8,6 +8,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, field_validator
 
 from ..config import _Config, build
+from ..errors import ConfigError
 
 # deployment targets: the runtime every candidate is measured (and selected) on
 TARGETS = ("paddle-cpu", "onednn-int8", "openvino", "gpu")
@@ -78,3 +79,12 @@ class AutoConfig(_Config):
 
 def build_auto(value) -> AutoConfig:
     return build(AutoConfig, value, "Auto")
+
+
+def check_auto_train(auto, train) -> None:
+    """Auto.epochs / Auto.train_iter set the training length only without a TrainConfig (which has its
+    own); both given is a conflict, not a silent choice."""
+    given = sorted({"epochs", "train_iter"} & auto.model_fields_set)
+    if train is not None and given:
+        raise ConfigError(f"Auto.{' and Auto.'.join(given)} and a TrainConfig are both given: the TrainConfig's "
+                          "epochs / train_iter set how long the candidates train; remove one of them")

@@ -257,7 +257,9 @@ class Search:
         train, configs = None, cand.strategy_config
         if cand.trains:
             length = {"train_iter": self.auto.train_iter} if self.auto.train_iter else {"epochs": self.auto.epochs}
-            train = inputs.train_config or {**length, **self.recipe["TrainConfig"]}
+            # a TrainConfig's own keys win; what it leaves unset comes from the recipe
+            train = {**self.recipe["TrainConfig"], **inputs.train_config} if inputs.train_config \
+                else {**length, **self.recipe["TrainConfig"]}
             configs = {name: {**self.recipe.get(name, {}), **value}
                        if name != "PruneConfig" or value.get("prune_algo") == "prune" else value
                        for name, value in configs.items()}

@@ -41,7 +41,7 @@ def is_auto(config) -> bool:
 def parse_config(config):
     """(AutoConfig, TrainConfig as a dict or None) from the auto pipeline's `config` parameter."""
     from .. import config as cfg
-    from ..auto.config import build_auto
+    from ..auto.config import build_auto, check_auto_train
     from ..job import _parse_mapping
 
     data = _parse_mapping(config)
@@ -50,8 +50,10 @@ def parse_config(config):
         raise ConfigError(f"the auto pipeline's config takes {list(CONFIG_KEYS)} (Auto required), got {sorted(data)}: "
                           "auto mode chooses the strategies itself; to run one strategy, run its pipeline")
     train = data.get("TrainConfig")
-    train = None if train is None else cfg.build(cfg.TrainConfig, train, "TrainConfig").model_dump(exclude_unset=True)
-    return build_auto(data["Auto"]), train
+    train = None if train is None else cfg.build(cfg.TrainConfig, train, "TrainConfig")
+    auto = build_auto(data["Auto"])
+    check_auto_train(auto, train)
+    return auto, None if train is None else train.model_dump(exclude_unset=True)
 
 
 def pipeline_config(auto, train=None) -> str:
