@@ -199,13 +199,20 @@ def measure_latency(files: ModelFiles, feed: dict, int8: bool = False, threads: 
 def compare_latency(models: list[tuple[ModelFiles, bool]], feed: dict, threads: int = 1, warmup: int = 10,
                     rounds: int = 15, calls_per_round: int | None = None, target: DeployTarget = CPU_ONEDNN,
                     budget_s: float = 3.0, per_round: list | None = None) -> list[float]:
-    """Milliseconds per call for each (model files, int8) pair, measured in the same process with the
-    same threads. Rounds alternate between the models so that load from other processes and CPU
-    frequency changes hit all of them alike; the result is the median round. Warm-up stops early for
-    slow models, and `calls_per_round` (default: as many as fit `budget_s`, 1 to 10) keeps a large
-    model or deployment batch from taking minutes while small ones still average over 10 calls.
-    `per_round`, when given, receives each model's per-round times (ms per call)."""
+    """Milliseconds per call for each (model files, int8) pair on the target, measured in the same
+    process with the same threads (`compare_predictors`)."""
     predictors = [inference_predictor(files, int8=int8, threads=threads, target=target) for files, int8 in models]
+    return compare_predictors(predictors, feed, warmup, rounds, calls_per_round, budget_s, per_round)
+
+
+def compare_predictors(predictors: list[Predictor], feed: dict, warmup: int = 10, rounds: int = 15,
+                       calls_per_round: int | None = None, budget_s: float = 3.0,
+                       per_round: list | None = None) -> list[float]:
+    """Milliseconds per call for each predictor. Rounds alternate between them so that load from other
+    processes and CPU frequency changes hit all of them alike; the result is the median round. Warm-up
+    stops early for slow models, and `calls_per_round` (default: as many as fit `budget_s`, 1 to 10)
+    keeps a large model or deployment batch from taking minutes while small ones still average over
+    10 calls. `per_round`, when given, receives each predictor's per-round times (ms per call)."""
     per_call = []
     for predict in predictors:
         start = time.perf_counter()

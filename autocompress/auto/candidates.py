@@ -66,6 +66,32 @@ def plan(auto: AutoConfig) -> tuple[list[Candidate], list[Skipped]]:
     return run, skipped
 
 
+RATIO_STEP = 0.05  # refined pruning ratios are multiples of this
+MAX_RATIO = 0.9
+
+
+def refinements(auto: AutoConfig, records: dict, planned: list[Candidate]) -> list[Candidate]:
+    """The next pruning ratio to try from what the finished pruning candidates showed: halfway
+    between the largest ratio within the budget (0 if none) and the smallest one over it, or halfway
+    to MAX_RATIO when all fit; rounded to RATIO_STEP. With its int8 chain when the plan has chains.
+    Empty when pruning is not planned or the gap is down to one step."""
+    results = {}
+    for rec in records.values():
+        if rec.get("kind") == "prune" and rec.get("status") == "done":
+            results[rec["strategy_config"]["PruneConfig"]["pruned_ratio"]] = bool(rec.get("within_budget"))
+    if not results:
+        return []
+    low = max((r for r, ok in results.items() if ok), default=0.0)
+    high = min((r for r, ok in results.items() if not ok and r > low), default=MAX_RATIO)
+    ratio = round(round((low + high) / 2 / RATIO_STEP) * RATIO_STEP, 4)
+    if ratio - low < RATIO_STEP / 2 or high - ratio < RATIO_STEP / 2 or ratio in results:
+        return []
+    one = auto.model_copy(update={"prune_ratios": [ratio]})
+    quant = {"deploy_backend": INT8_BACKEND[auto.target]}
+    chains = any(c.kind == "prune+ptq" for c in planned)
+    return _of_kind("prune", one, quant) + (_of_kind("prune+ptq", one, quant) if chains else [])
+
+
 def _no_gain(kind: str, target: str) -> str | None:
     if kind in INT8_KINDS and target == "paddle-cpu":
         return NO_GAIN[("paddle-cpu", "int8")]

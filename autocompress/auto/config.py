@@ -46,7 +46,10 @@ class AutoConfig(_Config):
     seconds or '30m'; candidates start while time is left. candidates: the kinds to try (default:
     those that can pay on the target). prune_ratios: channel-pruning ratios. epochs / train_iter:
     training length of the candidates that train (unless a TrainConfig is given). ptq_trials: trials
-    of the PTQ search. resume: reuse finished candidates found in the save dir.
+    of the PTQ search. resume: reuse finished candidates found in the save dir. refine: with time
+    left after the planned candidates, try pruning ratios between the largest one within the budget
+    and the smallest one over it (halving the gap, steps of 0.05; and above the largest when every
+    ratio fits), each with its int8 chain where the target runs int8.
     """
 
     target: Literal[TARGETS] = "onednn-int8"
@@ -58,6 +61,7 @@ class AutoConfig(_Config):
     train_iter: Optional[int] = Field(None, ge=1)
     ptq_trials: int = Field(8, ge=1)
     resume: bool = True
+    refine: bool = True
 
     @field_validator("time_budget")
     @classmethod

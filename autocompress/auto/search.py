@@ -25,7 +25,7 @@ from ..atomic import atomic_dir, write_json_atomic
 from ..errors import AutoCompressError, ConfigError
 from ..measure import is_slower
 from ..summary import metric_drop, peak_rss_bytes
-from .candidates import Candidate, Skipped, plan
+from .candidates import Candidate, Skipped, plan, refinements
 from .config import AutoConfig
 
 log = logging.getLogger("autocompress")
@@ -52,6 +52,8 @@ def optimize(auto: AutoConfig, inputs: Inputs, eval_settings, save_dir, progress
     search = Search(auto, inputs, eval_settings, save_dir, progress)
     try:
         search.run_candidates()
+        if auto.refine:
+            search.refine()
         summary = search.finish()
     except KeyboardInterrupt:
         search.interrupted = True
@@ -167,6 +169,20 @@ class Search:
             bar.update(1)
         bar.close()
         return [self.records[c.id] for c in todo]
+
+    def refine(self) -> list[dict]:
+        """While time is left: run the pruning ratio that `candidates.refinements` proposes from the
+        results so far (and its int8 chain), until it proposes none; returns their records."""
+        done = []
+        while self._elapsed() < self.auto.seconds:
+            extra = [c for c in refinements(self.auto, self.records, self.planned) if c.id not in self.records]
+            if not extra:
+                break
+            log.info("auto: time left (%.0f s): refining with %s", self.auto.seconds - self._elapsed(),
+                     ", ".join(c.id for c in extra))
+            self.planned += extra
+            done += self.run_candidates([c.id for c in extra])
+        return done
 
     def add_records(self, records: list[dict]) -> None:
         """Records of candidates run elsewhere (the auto pipeline's branches), their `model_dir`

@@ -174,6 +174,8 @@ def select(branch_dirs, plan_dir, model_dir, train_dir, eval_dir, test_dir, cali
                          max_drop=max_drop, drop_type=drop_type, device=device, batch_size=batch_size,
                          started_at=_started_at(plan_dir))
         search.add_records(branch_records(branch_dirs))
+        if search.auto.refine:  # with the time the branches left: more pruning ratios, here in turn
+            search.refine()
         summary = search.finish(rank_all=True)  # the branches' own latencies saw each other's load
         search.guard.verify()
         with atomic_dir(chosen_dest) as tmp:

@@ -70,13 +70,20 @@ def char_accuracy(predicted: list[str], truth: list[str]) -> float:
     return max(0.0, 1.0 - errors / max(total, 1))
 
 
-def ocr_evaluator(batches: list[np.ndarray], truths: list[list[str]], dictionary: list[str], feed_name: str = "x"):
-    """evaluate(predict, limit=None) -> character accuracy over the (first `limit`) batches."""
+def exact_match(predicted: list[str], truth: list[str]) -> float:
+    """The share of lines read without a single error."""
+    return sum(p == t for p, t in zip(predicted, truth)) / max(len(truth), 1)
+
+
+def ocr_evaluator(batches: list[np.ndarray], truths: list[list[str]], dictionary: list[str], feed_name: str = "x",
+                  score=char_accuracy):
+    """evaluate(predict, limit=None) -> `score` (character accuracy; or exact_match) over the (first
+    `limit`) batches."""
     def evaluate(predict, limit=None):
         predicted, expected = [], []
         for x, t in list(zip(batches, truths))[:limit]:
             predicted += ctc_greedy_decode(np.asarray(predict({feed_name: x})[0]), dictionary)
             expected += t
-        return char_accuracy(predicted, expected)
+        return score(predicted, expected)
     evaluate.num_batches = len(batches)  # lets the PTQ search size an eval subset (subset_eval) up front
     return evaluate

@@ -126,9 +126,21 @@ def resolve_targets(graph: ChannelGraph, names) -> dict[str, int]:
     return out
 
 
+def channels_to_remove(c: int, ratio: float, multiple: int = 1) -> int:
+    """How many of `c` channels to drop at `ratio`: floor(c * ratio), at least one kept; with `multiple`
+    > 1 and c above it, the kept count is rounded to the nearest multiple of it (at least one, at most
+    c), because CPU kernels work on blocks of 8 or 16 channels and a layer left with a ragged
+    count runs padded or on a slower path."""
+    n = min(int(np.floor(c * ratio + 1e-9)), c - 1)
+    if multiple > 1 and c > multiple:
+        kept = max(multiple, int(np.floor((c - n) / multiple + 0.5)) * multiple)
+        n = max(c - kept, 0)
+    return n
+
+
 def plan_pruning(graph: ChannelGraph, scope, targets: dict[str, int], ratio: float,
-                 criterion: str = "l1_norm", stats=None) -> ChannelPlan:
-    """Drop `floor(C * ratio)` lowest-scoring channels (at least one kept) of each target space."""
+                 criterion: str = "l1_norm", stats=None, channel_multiple: int = 1) -> ChannelPlan:
+    """Drop the lowest-scoring channels of each target space (`channels_to_remove`)."""
     if criterion not in CRITERIA:
         raise ConfigError(f"PruneConfig.criterion {criterion!r} is unknown; allowed: {list(CRITERIA)}")
     if criterion == "activation" and stats is None:
@@ -154,7 +166,7 @@ def plan_pruning(graph: ChannelGraph, scope, targets: dict[str, int], ratio: flo
     for sid in sorted(set(targets.values())):
         c = spaces[sid].channels
         channels[sid] = c
-        n = min(int(np.floor(c * ratio + 1e-9)), c - 1)
+        n = channels_to_remove(c, ratio, channel_multiple)
         if n <= 0:
             continue
         scores = channel_scores(graph, scope, sid, criterion, stats)
@@ -347,7 +359,8 @@ def prune_loaded(model, config, place=None, calib=None):
     graph = analyze(model.program, model.feed_names, model.fetch_names)
     targets = resolve_targets(graph, config.prune_params_name)
     stats = consumer_input_stats(model, graph, calib) if calib is not None else None
-    plan = plan_pruning(graph, model.scope, targets, config.pruned_ratio, config.criterion, stats)
+    plan = plan_pruning(graph, model.scope, targets, config.pruned_ratio, config.criterion, stats,
+                        config.channel_multiple)
     if stats is not None:
         skipped = compensate_means(model.scope, graph, plan, stats.mean,
                                    place or getattr(model.executor, "place", None))
@@ -381,7 +394,8 @@ def prune_model(files, config, out_dir, feed_shapes=None, place=None, calib=None
         after_flops = model_io.count_flops(model.program, model.feed_names, feed_shapes)
         saved = model_io.save_model(model, out_dir, {
             "strategy": "prune", "parent": model_io.sha256_file(files.model_path),
-            "pruned_ratio": config.pruned_ratio, "criterion": config.criterion})
+            "pruned_ratio": config.pruned_ratio, "criterion": config.criterion,
+            "channel_multiple": config.channel_multiple})
         after = {"params": model_io.count_params(model.program), "flops": after_flops,
                  "size_bytes": model_io.dir_size(saved)}
     guard.verify()
