@@ -51,7 +51,7 @@ BUDGET = 0.01  # "within 0.01 of FP32's held-out metric"
 # optimizer's learning rate and the drop the API's selection may accept (det selects on the map IoU
 # against FP32, a stricter measure than its task metric, so it gets more room)
 MODELS = {
-    "rec": {"deploy_batch": 6, "train": 256, "select": 64, "test": 160, "ratios": (0.1, 0.25), "steps": 120,
+    "rec": {"deploy_batch": 6, "train": 256, "select": 96, "test": 160, "ratios": (0.1, 0.25), "steps": 120,
             "qat_steps": 120, "trials": 12, "lr": 3e-4, "select_drop": 0.01, "calib_batch": 8},
     "det": {"deploy_batch": 1, "train": 24, "select": 4, "test": 8, "ratios": (0.25, 0.5), "steps": 150,
             "qat_steps": 60, "trials": 4, "lr": 1e-4, "select_drop": 0.03, "calib_batch": 2},
@@ -213,27 +213,37 @@ class Variants:
         return {"variant": label, "files": locate_model(summary["model_dir"]), "int8": int8, "seconds": seconds}
 
 
-def nncf_openvino(fp32, calib: list[dict], threads: int, work: Path) -> tuple:
+def nncf_quantize(fp32, calib: list[dict]):
     """NNCF's post-training quantization of the FP32 model as OpenVINO reads it, calibrated on `calib`:
-    (predictor, seconds, size in bytes), or None without nncf."""
+    (the int8 openvino.Model, seconds), or None without nncf."""
     try:
         import nncf
         import openvino as ov
     except ImportError:
         print("note: nncf not installed (pip install nncf): no NNCF rows", file=sys.stderr)
         return None
-    core = ov.Core()
-    model = core.read_model(str(fp32.model_path))
+    model = ov.Core().read_model(str(fp32.model_path))
     names = [i.get_any_name() for i in model.inputs]
     start = time.perf_counter()
     quantized = nncf.quantize(model, nncf.Dataset(calib, lambda feed: {n: feed[n] for n in names}),
                               subset_size=sum(len(next(iter(f.values()))) for f in calib))
-    seconds = time.perf_counter() - start
+    return quantized, time.perf_counter() - start
+
+
+def nncf_openvino(fp32, calib: list[dict], threads: int, work: Path) -> tuple | None:
+    """(predictor, seconds, size in bytes) of NNCF's int8 model on OpenVINO, or None without nncf."""
+    import openvino as ov
+
+    made = nncf_quantize(fp32, calib)
+    if made is None:
+        return None
+    quantized, seconds = made
     work.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(work / "nncf.xml"), compress_to_fp16=False)
     size = (work / "nncf.xml").stat().st_size + (work / "nncf.bin").stat().st_size
-    compiled = core.compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": int(threads)})
+    compiled = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": int(threads)})
     request, outputs = compiled.create_infer_request(), list(compiled.outputs)
+    names = [i.get_any_name() for i in quantized.inputs]
 
     def predict(feed: dict) -> list:
         result = request.infer({n: np.ascontiguousarray(feed[n]) for n in names})

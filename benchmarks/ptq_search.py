@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 CASES = {
     "digits": {"hpo": {"ptq_algo": ["KL", "hist", "mse", "avg"], "batch_num": [3, 30], "batch_size": 10,

@@ -136,7 +136,7 @@ def main():
             rows += digits(Path(tmp))
         if args.part in ("ocr", "all"):
             rows += ocr(Path(tmp), args.ocr_steps, args.ocr_batch, args.ocr_train, args.ocr_eval, args.fp32_fallback)
-    print(f"\n| model | method | simulated metric | deployed int8 metric (oneDNN) | fidelity to FP32 | wall s |")
+    print("\n| model | method | simulated metric | deployed int8 metric (oneDNN) | fidelity to FP32 | wall s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         fid = f"{r['fidelity']:.3f}" if r.get("fidelity") is not None else "-"

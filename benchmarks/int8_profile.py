@@ -1,0 +1,137 @@
+"""Where the time goes in the int8 PP-OCRv4 models: per op type, FP32 against int8, on Paddle Inference
+(oneDNN with the int8 switch, and a stock Config) and on OpenVINO (with NNCF's int8 beside ours).
+
+    python benchmarks/int8_profile.py [--models det rec cls] [--work DIR] [--calls 10] [--top 12]
+
+The int8 model is our PTQ search's output from benchmarks/deployed.py (the same --work folder: made
+there, or here when absent). Paddle Inference's own profiler (`Config.enable_profile`) gives the time
+per op type; OpenVINO's (`PERF_COUNT`) gives it per node type and kernel precision (the last part of
+its exec type: I8, BF16, FP32). Times are ms per inference at the deployment batch, 1 thread. The
+quantize / dequantize / reorder rows are what int8 adds; the conv rows what it saves.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+from deployed import DATA, MODELS, Variants, nncf_quantize  # noqa: E402
+
+EVENT = re.compile(r"^thread\d+::(\S+)\s+(\d+)\s+([\d.]+)")
+
+
+def paddle_profile(files, int8: bool, runtime: str, feed: dict, calls: int) -> dict[str, float]:
+    """ms per inference by op type, from Paddle Inference's profiler (it prints when the predictor is
+    destroyed, to fd 1: captured here)."""
+    from paddle import inference
+
+    from autocompress.backend import DeployTarget, _config
+
+    config = _config(files, int8, 1, DeployTarget(runtime))
+    config.enable_profile()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            predictor = inference.create_predictor(config)
+            names = predictor.get_input_names()
+            for _ in range(calls + 2):
+                for name in names:
+                    predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
+                predictor.run()
+            del predictor
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode(errors="replace")
+    out: dict[str, float] = collections.Counter()
+    for line in text.splitlines():
+        m = EVENT.match(line.strip())
+        if m and m.group(1) not in ("Executor::Run", "load_combine", "fill_constant"):
+            out[m.group(1)] += float(m.group(3)) / (calls + 2)
+    return dict(out)
+
+
+def openvino_profile(model, feed: dict, calls: int) -> dict[str, float]:
+    """ms per inference by (node type, kernel precision), from OpenVINO's PERF_COUNT."""
+    import openvino as ov
+
+    core = ov.Core()
+    if not isinstance(model, ov.Model):
+        model = core.read_model(str(model))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    names = [i.get_any_name() for i in model.inputs]
+    out: dict[str, float] = collections.Counter()
+    for i in range(calls + 2):
+        request.infer({n: np.ascontiguousarray(feed[n]) for n in names})
+        if i < 2:
+            continue  # warm-up
+        for info in request.get_profiling_info():
+            if info.status == info.Status.EXECUTED:
+                precision = info.exec_type.rsplit("_", 1)[-1] if "_" in info.exec_type else info.exec_type
+                out[f"{info.node_type} {precision}"] += info.real_time.total_seconds() * 1000 / calls
+    return dict(out)
+
+
+def _table(title: str, columns: dict[str, dict[str, float]], top: int) -> str:
+    names = list(columns)
+    totals = {n: sum(c.values()) for n, c in columns.items()}
+    ops = sorted({op for c in columns.values() for op in c}, key=lambda op: -max(c.get(op, 0) for c in columns.values()))
+    lines = [f"**{title}**", "", "| op | " + " | ".join(f"{n} ms" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for op in ops[:top]:
+        lines.append(f"| {op} | " + " | ".join(f"{columns[n].get(op, 0):.2f}" for n in names) + " |")
+    rest = {n: totals[n] - sum(columns[n].get(op, 0) for op in ops[:top]) for n in names}
+    lines.append("| (other) | " + " | ".join(f"{rest[n]:.2f}" for n in names) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{totals[n]:.2f}**" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["det", "rec", "cls"])
+    ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "results" / "deployed"))
+    ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args(argv)
+    work = Path(args.work) / "full"
+    for name in args.models:
+        spec = MODELS[name]
+        data = DATA[name](spec)
+        variants = Variants(name, spec, data, work, fresh=False)
+        ptq = variants.make("ptq", "PTQ search", variants.fp32, variants._ptq(), None, True)["files"]
+        batch = spec["deploy_batch"]
+        feed = data["feeds"][batch]
+        paddle = {"FP32 oneDNN": paddle_profile(variants.fp32, False, "onednn", feed, args.calls),
+                  "int8 oneDNN": paddle_profile(ptq, True, "onednn", feed, args.calls)}
+        print(_table(f"PP-OCRv4 {name}, Paddle Inference oneDNN, batch {batch}", paddle, args.top), "\n")
+        stock = {"FP32 stock": paddle_profile(variants.fp32, False, "paddle-cpu", feed, args.calls),
+                 "int8 stock": paddle_profile(ptq, False, "paddle-cpu", feed, args.calls)}
+        print(_table(f"PP-OCRv4 {name}, Paddle Inference stock Config, batch {batch}", stock, args.top), "\n")
+        from autocompress.backend import openvino_model_path
+
+        ov_cols = {"FP32 (bf16)": openvino_profile(openvino_model_path(variants.fp32, False), feed, args.calls),
+                   "ours int8 (ONNX QDQ)": openvino_profile(openvino_model_path(ptq, True), feed, args.calls)}
+        nncf = nncf_quantize(variants.fp32, data["train"][:8])
+        if nncf is not None:
+            ov_cols["NNCF int8"] = openvino_profile(nncf[0], feed, args.calls)
+        print(_table(f"PP-OCRv4 {name}, OpenVINO, batch {batch}", ov_cols, args.top), "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
