@@ -1,6 +1,8 @@
 """ONNX export (issue 14 part 6): the PP-OCR cls model, FP32 and int8 (our PTQ, QDQ in ONNX), round-trips
 through ONNX Runtime with outputs within the stated tolerance and the same top-1 on rotated rendered lines;
-`Deploy.runtimes: [onnxruntime]` measures latency and the metric there; a missing converter is named."""
+`Deploy.runtimes: [onnxruntime]` measures latency and the metric there and delivers the ONNX model; a missing
+converter is named."""
+import hashlib
 import importlib.util
 import json
 
@@ -145,6 +147,16 @@ def test_onnxruntime_as_a_deploy_runtime(tmp_path, digits_files, digits_data):
     assert "ONNX Runtime" in rows[("onnxruntime", 8)]["backend"] and "QDQ int8" in rows[("onnxruntime", 8)]["backend"]
     assert abs(rows[("onnxruntime", 8)]["metric"] - s["metric"]) <= 0.05  # the int8 model reads the same there
     assert s["metric"] > 0.8
+    # the deliverable holds the ONNX model that was measured, with its check, beside the Paddle one
+    onnx_path = tmp_path / "out" / "onnx" / "model.onnx"
+    assert s["onnx_model"] == str(onnx_path) and onnx_path.is_file()
+    meta = json.loads((onnx_path.parent / "autocompress.json").read_text())["onnx"]
+    assert meta["precision"] == "int8" and meta["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    import onnxruntime
+
+    x = digits_data["eval"][0][:8]
+    got = onnxruntime.InferenceSession(str(onnx_path)).run(None, {"x": x})[0]
+    assert (got.argmax(1) == np.ravel(digits_data["eval"][1][:8])).mean() >= 0.75
 
 
 def test_the_onnxruntime_predictor_exports_once_and_checks_its_cache(cls_model, rotated_lines):

@@ -1,15 +1,18 @@
 """The `export` stage: the deliverable in one folder — `model/` (the input's format and file names,
-metadata, model card), `summary.json`, `report.md`, `trials.json` — optionally published to an
-object-store prefix or another folder."""
+metadata, model card), `summary.json`, `report.md`, `trials.json`, and `onnx/model.onnx` when the job
+measured ONNX Runtime (Deploy.runtimes) — optionally published to an object-store prefix or another
+folder."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from ..atomic import write_json_atomic, write_text_atomic
+from ..atomic import atomic_dir, write_json_atomic, write_text_atomic
 from ..version import __version__
 from .artifact import ModelArtifact
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
+ONNX_DIR = "onnx"
 
 
 def export(model: ModelArtifact, summary: dict, dest, publish_uri: str | None = None) -> dict:
@@ -28,14 +31,32 @@ def export(model: ModelArtifact, summary: dict, dest, publish_uri: str | None = 
     saved = ModelArtifact(model.files, meta, model.trials, model.curve).save(dest / "model", tables=False)
     write_text_atomic(saved.files.model_dir / MODEL_CARD_FILE, model_card(saved.meta, summary))
     summary["model_sha256"] = saved.meta["sha256"]  # what a consumer checks the delivered files against
+    if any(row.get("runtime") == "onnxruntime" for row in summary.get("latency") or []):
+        summary["onnx_model"] = str(_onnx_copy(saved.files, dest / ONNX_DIR))
+        if publish_uri:
+            summary["onnx_model"] = _join(_join(publish_uri, ONNX_DIR), "model.onnx")
     write_json_atomic(dest / "trials.json", model.trials)
     write_summary(dest, summary)
     published = []
     if publish_uri:
         published = storage.publish(dest / "model", _join(publish_uri, "model"))
+        if (dest / ONNX_DIR).is_dir():
+            published += storage.publish(dest / ONNX_DIR, _join(publish_uri, ONNX_DIR))
         for name in ("summary.json", "report.md", "trials.json"):
             published += storage.publish(dest / name, _join(publish_uri, name))
     return {"summary": summary, "published": published}
+
+
+def _onnx_copy(files, folder: Path) -> Path:
+    """The ONNX export that ONNX Runtime was measured on (the cache of program/to_onnx.py, made from
+    these very files) with its check, as `folder/model.onnx` + `autocompress.json`."""
+    from ..program.to_onnx import cached_onnx
+
+    onnx_path = cached_onnx(files)
+    with atomic_dir(folder) as tmp:
+        for item in onnx_path.parent.iterdir():
+            shutil.copy2(item, Path(tmp) / item.name)
+    return folder / onnx_path.name
 
 
 def _join(base: str, name: str) -> str:
