@@ -159,7 +159,10 @@ def openvino_model_path(files: ModelFiles, int8: bool):
     through its ONNX QDQ export. The Paddle frontend misreads our quantize_linear / dequantize_linear
     programs: on PP-OCRv4 det (one int8 model, 4 rendered pages, map IoU vs FP32 at 0.3) it gives 0.870
     with OpenVINO's default precision and 0.0004 with INFERENCE_PRECISION_HINT f32, where the ONNX QDQ
-    export of the same model gives 0.960 (Paddle's own oneDNN int8: 0.863)."""
+    export of the same model gives 0.960 (Paddle's own oneDNN int8: 0.863). Through ONNX too, OpenVINO's
+    int8 path loses a layer whose folded weight step is tiny (det's conv2d_159: map IoU 0.01 against
+    ONNX Runtime on the same file); quantization keeps such layers FP32 (quant/targets.TINY_WEIGHT_STEP),
+    after which a det PTQ model reads at 0.944 here against 0.852 / 0.564 through the Paddle frontend."""
     if not int8:
         return files.model_path
     from .program.to_onnx import cached_onnx

@@ -150,3 +150,36 @@ def test_weight_quantization_matches_paddles_quant_tensor():
         assert np.array_equal(quantize_weight(w, scales, axis), expected.astype(np.int8))
     scale = weight_scales(w, -1)
     assert np.array_equal(quantize_weight(w, scale, -1), quant_tensor(w.copy(), float(scale[0]), -1, 8, True))
+
+
+def test_a_conv_scaled_to_nothing_by_its_batch_norm_stays_fp32(tmp_path):
+    """A conv whose batch norm multiplies it by ~1e-4 (PP-OCRv4 det's conv2d_159) has a folded int8
+    step of ~1e-6; OpenVINO's int8 path loses such a layer, so it stays FP32 (TINY_WEIGHT_STEP)."""
+    import paddle
+
+    from autocompress.model_io import load_model
+    from autocompress.prune.testing import export_layer
+    from autocompress.quant.targets import tiny_weight_layers
+
+    paddle.disable_static()
+    paddle.seed(0)
+    conv = [paddle.nn.Conv2D(c, 8, 3, padding=1, bias_attr=False) for c in (3, 8)]
+    net = paddle.nn.Sequential(conv[0], paddle.nn.BatchNorm2D(8), paddle.nn.ReLU(),
+                               conv[1], paddle.nn.BatchNorm2D(8), paddle.nn.ReLU())
+    net.eval()
+    net[1]._variance.set_value(np.full([8], 1e8, "float32"))  # gamma / sqrt(var) = 1e-4
+    files = export_layer(net, tmp_path / "m", [1, 3, 8, 8])
+    paddle.enable_static()
+    with legacy_ir():
+        model = load_model(files)
+        targets = find_targets(model.program, QuantizationConfig())
+        tiny = tiny_weight_layers(model.program, model.scope, targets)
+        convs = [op for op in model.program.global_block().ops if op.type == "conv2d"]
+        assert tiny == [f"conv2d({convs[0].output('Output')[0]})"]  # the second conv is a normal one
+        template = QuantTemplate(model, targets)
+        stats = collect_stats(model, [{"x": np.random.RandomState(0).rand(4, 3, 8, 8).astype("float32")}],
+                              targets, chunk_size=4)
+        out = save_quantized(template.instantiate(compute_thresholds(stats, "avg")), model, tmp_path / "q")
+        quantized = load_model(out)
+        filters = {op.input("X")[0] for op in quantized.program.global_block().ops if op.type == "dequantize_linear"}
+    assert convs[0].input("Filter")[0] not in filters and convs[1].input("Filter")[0] in filters

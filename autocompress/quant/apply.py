@@ -14,6 +14,7 @@ oneDNN and TensorRT run 8 bits only; other widths need deploy_backend 'none' (co
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class QuantTemplate:
                                                 QuantizationTransformPassV2, QuantWeightPass, utils)
 
         from ..model_io import persistable_names
-        from .targets import held_fp32_layers
+        from .targets import held_fp32_layers, tiny_weight_layers
 
         self.model, self.targets, self.bits = model, targets, bits
         self.weight_bits = bits if weight_bits is None else weight_bits
@@ -81,7 +82,12 @@ class QuantTemplate:
         build_scope = _copy_params(model, self.place)
         clone = model.program.clone(for_test=True)
         skip = list(targets.skip_patterns)
-        marked = self.fp32_layers + [k for k in held_fp32_layers(clone, targets) if k not in self.fp32_layers]
+        self.tiny_layers = tiny_weight_layers(clone, model.scope, targets)
+        if self.tiny_layers:
+            logging.getLogger("autocompress.quant").info(
+                "kept in FP32, weights too small for int8 runtimes (targets.TINY_WEIGHT_STEP): %s", self.tiny_layers)
+        held = held_fp32_layers(clone, targets) + self.tiny_layers
+        marked = self.fp32_layers + [k for k in held if k not in self.fp32_layers]
         fp32_tensors = _mark_fp32(clone, marked) if marked else set()
         if marked:
             skip.append(FP32_MARK)
