@@ -11,7 +11,7 @@ Variants, all made through the API (`autocompress.AutoCompression`) from the sam
 - channel pruning + distillation at two ratios (criterion `activation`, mean compensation);
 - pruning (the smaller ratio) + distillation, then our PTQ search on the pruned model;
 - NNCF 3.x `nncf.quantize` of the FP32 model read by OpenVINO, calibrated on the same samples
-  (OpenVINO only: it produces an OpenVINO model).
+  (OpenVINO only: it produces an OpenVINO model), and of our pruned model (the smaller ratio).
 Runtimes: `onednn` (Paddle Inference with oneDNN; the int8 switch on for int8 models), `paddle-cpu` (a
 stock paddle.inference.Config, what rapidocr_paddle runs), `openvino` (reading the Paddle model; int8
 models through their ONNX QDQ export), `onnxruntime` (the ONNX export; int8 as QDQ).
@@ -251,7 +251,7 @@ def nncf_openvino(fp32, calib: list[dict], threads: int, work: Path) -> tuple | 
     return predict, seconds, size
 
 
-def measure(name: str, variants: list[dict], nncf, data: dict, runtimes, threads: int) -> list[dict]:
+def measure(name: str, variants: list[dict], nncf: list, data: dict, runtimes, threads: int) -> list[dict]:
     """One row per (variant, runtime): held-out metrics on that runtime and latency interleaved with FP32."""
     from autocompress.backend import DeployTarget, compare_predictors, inference_predictor
     from autocompress.measure import is_slower, rounds_lost
@@ -273,9 +273,8 @@ def measure(name: str, variants: list[dict], nncf, data: dict, runtimes, threads
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-        if runtime == "openvino" and nncf is not None:
-            predict, seconds, size = nncf
-            row = {"model": name, "variant": "NNCF PTQ (OpenVINO)", "runtime": runtime, "seconds": seconds,
+        for label, (predict, seconds, size) in nncf if runtime == "openvino" else []:
+            row = {"model": name, "variant": label, "runtime": runtime, "seconds": seconds,
                    "size_mb": size / 1e6, **data["score"](predict)}
             live.append(predict)
             entries.append(row)
@@ -362,8 +361,15 @@ def main(argv=None) -> int:
         keys[name] = data["metrics"]
         variants = Variants(name, spec, data, work, args.fresh)
         made = variants.all()
-        nncf = (nncf_openvino(variants.fp32, data["train"][:8], args.threads, work / name)
-                if "openvino" in args.runtimes else None)
+        nncf = []
+        if "openvino" in args.runtimes:  # NNCF's int8 of FP32, and of our smaller pruned model
+            pruned = next(v for v in made if v["variant"].startswith(f"pruning {spec['ratios'][0]} +"))
+            for label, v, folder in (("NNCF PTQ (OpenVINO)", made[0], "nncf"),
+                                     (f"pruning {spec['ratios'][0]}, then NNCF PTQ (OpenVINO)", pruned, "nncf-pruned")):
+                made_nncf = nncf_openvino(v["files"], data["train"][:8], args.threads, work / name / folder)
+                if made_nncf is not None:
+                    predict, seconds, size = made_nncf
+                    nncf.append((label, (predict, seconds + v["seconds"], size)))
         rows += measure(name, made, nncf, data, args.runtimes, args.threads)
         (work / "rows.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{table(rows, keys)}\n\n{best(rows, keys)}\n\n{args.threads} thread(s); total {time.time() - start:.0f} s")
