@@ -146,6 +146,9 @@ def test_refinement_halves_the_ratio_gap_between_fit_and_miss():
     records = {r["id"]: r for r in (_pruned(0.25, True), _pruned(0.3, False))}
     assert refinements(auto, records, planned) == []
     assert refinements(auto, {}, planned) == []  # no pruning result yet
+    # a planned ratio the time budget left unrun: no ratio beyond it is proposed
+    records = {"prune-0.25": _pruned(0.25, True), "prune-0.5": {**_pruned(0.5, False), "status": "not_run"}}
+    assert refinements(auto, records, planned) == []
 
 
 def test_time_left_after_the_plan_refines_the_pruning_ratio(digits_files, digits_data, tmp_path):

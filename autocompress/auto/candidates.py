@@ -74,9 +74,12 @@ def refinements(auto: AutoConfig, records: dict, planned: list[Candidate]) -> li
     """The next pruning ratio to try from what the finished pruning candidates showed: halfway
     between the largest ratio within the budget (0 if none) and the smallest one over it, or halfway
     to MAX_RATIO when all fit; rounded to RATIO_STEP. With its int8 chain when the plan has chains.
-    Empty when pruning is not planned or the gap is down to one step."""
+    Empty when pruning is not planned, a ratio was left unrun (the time went first) or the gap is down
+    to one step."""
     results = {}
     for rec in records.values():
+        if rec.get("kind") == "prune" and rec.get("status") == "not_run":
+            return []  # a ratio of the plan did not run: nothing to refine around, and no time for more
         if rec.get("kind") == "prune" and rec.get("status") == "done":
             results[rec["strategy_config"]["PruneConfig"]["pruned_ratio"]] = bool(rec.get("within_budget"))
     if not results:
