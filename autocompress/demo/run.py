@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .digits import WIDE_WIDTH, digits_model, digits_splits
 
-DEMO_AUTO = {"target": "onednn-int8", "batch_size": 64, "time_budget": "90s", "ptq_trials": 4, "epochs": 4,
+DEMO_AUTO = {"target": "onednn-int8", "batch_size": 64, "time_budget": "60s", "ptq_trials": 4, "epochs": 4,
              "candidates": ["ptq", "prune", "prune+ptq"], "prune_ratios": [0.5, 0.75]}
 
 
