@@ -104,15 +104,22 @@ def _config(files: ModelFiles, int8: bool, threads: int, target: DeployTarget = 
 @contextlib.contextmanager
 def _quiet_native_output():
     """Paddle's oneDNN int8 passes print pages of pass statistics from C++ straight to fd 1/2, past
-    `disable_glog_info`. Send them to a temporary file; replay it only if creation fails."""
+    `disable_glog_info`. Send them to a temporary file; replay it only if creation fails. Yields a
+    function that returns what was printed so far (the profiler's tables, in benchmarks)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
+
+        def printed() -> str:
+            sys.stdout.flush()
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+
         try:
-            yield
+            yield printed
         except BaseException:
             _restore(saved)
             sink.seek(0)

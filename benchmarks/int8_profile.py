@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import sys
@@ -35,28 +36,19 @@ def paddle_profile(files, int8: bool, runtime: str, feed: dict, calls: int) -> d
     destroyed, to fd 1: captured here)."""
     from paddle import inference
 
-    from autocompress.backend import DeployTarget, _config
+    from autocompress.backend import DeployTarget, _config, _quiet_native_output
 
     config = _config(files, int8, 1, DeployTarget(runtime))
     config.enable_profile()
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        try:
-            predictor = inference.create_predictor(config)
-            names = predictor.get_input_names()
-            for _ in range(calls + 2):
-                for name in names:
-                    predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
-                predictor.run()
-            del predictor
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
-        sink.seek(0)
-        text = sink.read().decode(errors="replace")
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch), _quiet_native_output() as printed:
+        predictor = inference.create_predictor(config)  # the profiler also writes profile.log to the cwd
+        names = predictor.get_input_names()
+        for _ in range(calls + 2):
+            for name in names:
+                predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
+            predictor.run()
+        del predictor
+        text = printed()
     out: dict[str, float] = collections.Counter()
     for line in text.splitlines():
         m = EVENT.match(line.strip())

@@ -198,3 +198,33 @@ def test_pipeline_reports_on_the_test_split(tmp_path, digits_files, data, digits
     assert s["metric_split"] == "test" and not any("selection used" in w for w in s["warnings"])
     # the selection scored the eval split; the report the test split
     assert s["trials"] and all(t["metric"] is not None for t in s["trials"])
+
+
+def test_parallel_tasks_printing_at_once_leave_a_readable_log(tmp_path):
+    """kfp's local runner runs parallel tasks (the auto pipeline's families) in threads that print to
+    one stream: CI read a log with a split multi-byte character. Every line must arrive whole, in
+    UTF-8, and a partial line stays with the thread that printed it."""
+    import threading
+
+    log = tmp_path / "run.log"
+    echoed = []
+    lines_per_thread, threads = 400, 8
+    with local_run._StageProgress(log, echoed.append) as stream:
+        def task(n):
+            for i in range(lines_per_thread):
+                # each line in three pieces, so other threads' writes land in between
+                stream.write(f"task {n} · line {i} ")
+                stream.write("·" * 50)
+                stream.write(" end\n")
+
+        workers = [threading.Thread(target=task, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == lines_per_thread * threads
+    assert all(line.startswith("task ") and line.endswith("·" * 50 + " end") for line in lines)
+    for n in range(threads):
+        assert [ln for ln in lines if ln.startswith(f"task {n} ")] == \
+            [f"task {n} · line {i} " + "·" * 50 + " end" for i in range(lines_per_thread)]

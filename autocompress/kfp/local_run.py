@@ -445,7 +445,11 @@ class _StageProgress(io.TextIOBase):
         self.log_path, self.echo, self.verbose = log_path, echo, verbose
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "w", encoding="utf-8")
-        self._buffer = ""
+        # kfp runs parallel tasks in threads that all print here: a partial line is kept per thread (a
+        # line's user-error mark belongs to the task that printed it), and one lock guards the file, as
+        # concurrent writes through one text file object can split a multi-byte character
+        self._partial: dict[int, str] = {}
+        self._lock = threading.Lock()
         self._started: dict[str, float] = {}
 
     def __enter__(self):
@@ -456,25 +460,30 @@ class _StageProgress(io.TextIOBase):
         return False
 
     def close_log(self):
-        if not self._log.closed:
-            if self._buffer:
-                self._line(self._buffer)
-                self._buffer = ""
+        with self._lock:
+            if self._log.closed:
+                return
+            for partial in self._partial.values():
+                if partial:
+                    self._line(partial)
+            self._partial.clear()
             self._log.close()
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        self._buffer += text
-        *lines, self._buffer = self._buffer.split("\n")
-        for line in lines:
-            self._line(line)
+        thread = threading.get_ident()
+        with self._lock:
+            *lines, self._partial[thread] = (self._partial.get(thread, "") + text).split("\n")
+            for line in lines:
+                self._line(line)
         return len(text)
 
     def flush(self):
-        if not self._log.closed:
-            self._log.flush()
+        with self._lock:
+            if not self._log.closed:
+                self._log.flush()
 
     def _line(self, line: str) -> None:
         plain = _strip_ansi(line)
