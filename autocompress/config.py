@@ -429,6 +429,8 @@ class DeploySection(_Config):
     'paddle-cpu' (a stock paddle.inference.Config), 'openvino' (OpenVINO reading the Paddle model, an int8 one
     through its ONNX QDQ export; `pip install 'autocompress[openvino,onnx]'`), 'onnxruntime' (ONNX Runtime CPU on the model's ONNX export,
     int8 as QDQ; `pip install 'autocompress[onnx]'`), 'gpu', 'tensorrt'. Default: the job's own target.
+    A job without QuantizationConfig whose runtimes start with 'paddle-cpu' is selected on that runtime
+    (otherwise on oneDNN; int8 jobs on QuantizationConfig.deploy_backend).
     batch_size: the deployment batch (default: the first eval batch's size); batch 1 is measured too.
     allow_slower: a compressed model slower than the original on a named runtime at the deployment
     batch misses the target unless this is true (it is always a warning).

@@ -20,7 +20,7 @@ import numpy as np
 from .data import FeedSource
 from .data.batch import rebatched
 from .data.source import BatchConverter
-from .errors import AutoCompressError, ConfigError, EvalError
+from .errors import AutoCompressError, ConfigError, EvalError, ModelError
 from .metrics import Metric, load_metric
 from .paddle_env import legacy_ir
 
@@ -339,6 +339,25 @@ def build_evaluation(original, eval_callback, metric: str, feed_names: list[str]
         raise ConfigError("an eval_callback function gives no sample batch for the latency comparison: pass "
                           "calibration or training data too")
     sample = {k: v[:1] for k, v in source.first().feed.items()}
+    _check_runs(reference, sample, original, target)
     partial = Evaluation(evaluator, math.nan, sample, target, source)
     baseline, _ = partial.score(original, int8=False)
     return dataclasses.replace(partial, baseline=baseline)
+
+
+def _check_runs(predict, sample: dict, files, target) -> None:
+    """The original model must run on the target before its metric means anything: a failure there is
+    the model's or the runtime's, not the eval_callback's, and the error says which and what to do."""
+    try:
+        predict(sample)
+    except Exception as err:
+        from .model_io import paddle_error_line
+
+        if files.format == "pir-json" and target.runtime == "onednn":
+            from .program.convert import onednn_failure
+
+            raise ModelError(f"{onednn_failure(files, err)}. Select on the stock runtime instead: Deploy.runtimes "
+                             "['paddle-cpu'] first (API: deploy={'runtimes': ['paddle-cpu']}), or "
+                             "QuantizationConfig.deploy_backend 'none'; or give the legacy .pdmodel") from None
+        raise ModelError(f"the original model {files.model_path} does not run on {target.describe(False, 1, 1)}: "
+                         f"{paddle_error_line(err)}; check that it runs there outside autocompress") from None

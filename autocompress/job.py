@@ -86,8 +86,12 @@ class Job:
 
     @property
     def deploy_backend(self) -> str:
+        """The runtime the job selects on: QuantizationConfig.deploy_backend for int8 jobs; for the others
+        the stock runtime ('none') when Deploy.runtimes names 'paddle-cpu' first, else oneDNN."""
         quant = self.configs.get("QuantizationConfig")
-        return quant.deploy_backend if quant is not None else "onednn"
+        if quant is not None:
+            return quant.deploy_backend
+        return "none" if (self.deploy.runtimes or [None])[0] == "paddle-cpu" else "onednn"
 
 
 def _parse_mapping(text) -> dict:

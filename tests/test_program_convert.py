@@ -7,6 +7,7 @@ import numpy as np
 import paddle
 import pytest
 
+from autocompress.data import FeedSource
 from autocompress.errors import AutoCompressError, ModelError
 from autocompress.model_io import locate_model, read_metadata
 from autocompress.program.convert import convert_to_pir
@@ -162,3 +163,34 @@ def test_parameter_names_match_by_layer_rank_whatever_the_counters():
                                              ("conv2d", 1, "w_0"): ("conv2d_4.w_0", "conv2d_1.w_0"),
                                              ("conv2d", 0, "b_0"): ("conv2d_3.b_0", "conv2d_0.b_0"),
                                              ("linear", 0, "w_0"): ("linear_7.w_0", "linear_0.w_0")}
+
+
+def test_a_pir_model_onednn_cannot_run_is_selected_on_the_stock_runtime_when_asked(tmp_path):
+    """PIR det on the default oneDNN target failed in the baseline with "fix the callback": the error
+    now names the operation, the Paddle version and the fix, and Deploy.runtimes ['paddle-cpu'] first
+    makes the stock runtime the job's target (a job without QuantizationConfig had no way to ask)."""
+    from autocompress.backend import DeployTarget
+    from autocompress.evaluation import build_evaluation
+    from autocompress.job import Job
+    from autocompress.ocr import det_model_dir
+
+    out = convert_to_pir(det_model_dir(), tmp_path / "det-pir")
+    x = np.random.default_rng(3).random((1, 3, 96, 128), dtype=np.float32)
+    reference = infer(out, {"x": x}, onednn=False)[1][0]
+
+    def evaluate(predict):
+        return float(-np.abs(np.asarray(predict({"x": x})[0]) - reference).max())
+
+    stock = Job.create({"PruneConfig": {"pruned_ratio": 0.25}, "DistillationConfig": {}}, {"train_iter": 1}, deploy={"runtimes": ["paddle-cpu", "onednn"]})
+    assert stock.deploy_backend == "none"
+    assert Job.create({"PruneConfig": {"pruned_ratio": 0.25}, "DistillationConfig": {}}, {"train_iter": 1}).deploy_backend == "onednn"
+    sample = FeedSource.from_arrays({"x": x}, batch_size=1)
+    if paddle.__version__ == "3.3.1":
+        with pytest.raises(ModelError) as err:
+            build_evaluation(out, evaluate, "top1", ["x"], DeployTarget("onednn"), sample_source=sample)
+        for part in ("'nearest_interp'", paddle.__version__, "'paddle-cpu'", "legacy .pdmodel"):
+            assert part in str(err.value)
+        assert "callback" not in str(err.value)
+    evaluation = build_evaluation(out, evaluate, "top1", ["x"], DeployTarget.for_job(stock.deploy_backend, "cpu"),
+                                  sample_source=sample)
+    assert evaluation.baseline == pytest.approx(0.0, abs=1e-5)

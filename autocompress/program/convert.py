@@ -197,7 +197,7 @@ def _compare(original: ModelFiles, converted: ModelFiles, feed: dict, source, op
     try:
         names, got = inference_outputs(converted, feed)
     except Exception as err:
-        onednn_error = _onednn_failure(converted, err)
+        onednn_error = onednn_failure(converted, err)
         try:
             names, got = inference_outputs(converted, feed, onednn=False)
         except Exception as err2:
@@ -226,7 +226,7 @@ def _compare(original: ModelFiles, converted: ModelFiles, feed: dict, source, op
             "warnings": warnings}
 
 
-def _onednn_failure(files: ModelFiles, err: Exception) -> str:
+def onednn_failure(files: ModelFiles, err: Exception) -> str:
     """What Paddle's oneDNN runtime could not run. Its message names no operation; the one it cannot
     take in 3.3.1 (`ArrayAttribute<DoubleAttribute>`) is found from the program's attributes."""
     import paddle
