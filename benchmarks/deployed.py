@@ -99,45 +99,23 @@ def cls_data(spec: dict) -> dict:
 
 
 def det_data(spec: dict) -> dict:
-    from autocompress.ocr import (box_hmean, boxes_from_map, det_model_dir, load_dictionary, map_iou, preprocess_pages,
-                                  render_pages)
+    from autocompress.ocr import (box_hmean, boxes_from_map, det_model_dir, fp32_maps, load_dictionary, map_iou,
+                                  map_iou_evaluator, preprocess_pages, render_pages)
 
     d = load_dictionary()
     train, _ = render_pages(spec["train"], d, seed=51, size=(320, 320), lines_per_page=7)
     sel, _ = render_pages(spec["select"], d, seed=52)
     test, test_b = render_pages(spec["test"], d, seed=53)
     test_x = [preprocess_pages([p]) for p in test]
-    reference = _fp32_maps(test_x)
+    reference = fp32_maps(test_x)
 
     def score(predict) -> dict:
         maps = [np.asarray(predict({"x": x})[0]) for x in test_x]
         found = [boxes_from_map(m[0]) for m in maps]
         return {"hmean": box_hmean(found, test_b)["hmean"], "map_iou": map_iou(maps, reference)}
     return {"model_dir": det_model_dir(), "train": [{"x": preprocess_pages(c)} for c in _chunks(train, 2)],
-            "select": _map_iou_evaluator([preprocess_pages([p]) for p in sel]),
+            "select": map_iou_evaluator([preprocess_pages([p]) for p in sel]),
             "metrics": ["hmean", "map_iou"], "score": score, "feeds": {1: {"x": test_x[0]}}}
-
-
-def _fp32_maps(batches: list[np.ndarray]) -> list[np.ndarray]:
-    """The FP32 det model's text maps (stock Paddle Inference) on these pages."""
-    from autocompress.backend import DeployTarget, inference_predictor
-    from autocompress.model_io import locate_model
-    from autocompress.ocr import det_model_dir
-
-    ref = inference_predictor(locate_model(det_model_dir()), target=DeployTarget("paddle-cpu"))
-    return [np.asarray(ref({"x": x})[0]) for x in batches]
-
-
-def _map_iou_evaluator(batches: list[np.ndarray]):
-    """The text-map IoU against the FP32 model's maps on these pages: the det selection metric."""
-    from autocompress.ocr import map_iou
-
-    maps = _fp32_maps(batches)
-
-    def evaluate(predict, limit=None):
-        return map_iou([np.asarray(predict({"x": x})[0]) for x in batches[:limit]], maps[:limit])
-    evaluate.num_batches = len(batches)
-    return evaluate
 
 
 DATA = {"rec": rec_data, "det": det_data, "cls": cls_data}

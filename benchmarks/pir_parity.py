@@ -1,8 +1,16 @@
-"""Benchmark: the same PTQ search on PP-OCRv4 recognition as a legacy `.pdmodel` and as Paddle 3 PIR
+"""Benchmark: the same compression of a PP-OCRv4 model as a legacy `.pdmodel` and as Paddle 3 PIR
 (`inference.json`, made with `autocompress convert --to pir`), side by side.
 
-    python benchmarks/pir_parity.py              # 4 grid trials, 64 calibration lines, 96 eval lines
+    python benchmarks/pir_parity.py              # rec: 4 grid trials, 64 calibration lines, 96 eval lines
     python benchmarks/pir_parity.py --trials 8
+    python benchmarks/pir_parity.py --model det  # det: channel pruning 0.25 and GMP 0.5, both + distillation
+
+det: both inputs get the same seeded training (rendered pages, the data of benchmarks/deployed.py: train,
+select and held-out test pages), selected on the text-map IoU against FP32 and deployed on the stock
+Paddle Inference runtime (`Deploy.runtimes: [paddle-cpu]`): Paddle 3.3.1 cannot run the PIR detector's
+`nearest_interp` with oneDNN. Prints held-out box hmean and map IoU (the output model read by a stock
+Config in its own format), the output's format, latency (original vs compressed, interleaved, one page),
+size, wall time, and the legacy - PIR differences.
 
 Both go through the API (`AutoCompression`, QuantizationConfig + HyperParameterOptimizationConfig)
 with the same seeded grid, calibration lines and rendered labelled eval lines (character accuracy);
@@ -22,17 +30,23 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--model", choices=("rec", "det"), default="rec")
+    parser.add_argument("--trials", type=int, default=4, help="rec: PTQ trials")
+    parser.add_argument("--steps", type=int, default=80, help="det: training steps per strategy")
     parser.add_argument("--work", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    work = Path(args.work or tempfile.mkdtemp(prefix="pir-parity-"))
+    return det_pruning(args, work) if args.model == "det" else rec_ptq(args, work)
+
+
+def rec_ptq(args, work: Path) -> int:
     from autocompress import AutoCompression
     from autocompress.data import FeedSource
     from autocompress.model_io import locate_model
     from autocompress.ocr import load_dictionary, ocr_evaluator, preprocess, rec_model_dir, render_lines
     from autocompress.program.convert import convert_to_pir
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="pir-parity-"))
     dictionary = load_dictionary()
     calib_images, _ = render_lines(64, dictionary, seed=1)
     eval_images, truths = render_lines(96, dictionary, seed=2)
@@ -68,6 +82,64 @@ def main(argv=None) -> int:
               f"| {seconds:.0f} s |")
     metrics = [s["metric"] for s, _ in rows.values()]
     print(f"\n|legacy - PIR| deployed int8 char accuracy: {abs(metrics[0] - metrics[1]):.4f} (target <= 0.002)")
+    return 0
+
+
+def det_pruning(args, work: Path) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from deployed import MODELS, det_data, recipe
+
+    from autocompress import AutoCompression
+    from autocompress.backend import DeployTarget, inference_predictor
+    from autocompress.model_io import dir_size, locate_model
+    from autocompress.program.convert import convert_to_pir
+
+    spec = MODELS["det"]
+    data = det_data(spec)
+    legacy = locate_model(data["model_dir"])
+    start = time.perf_counter()
+    pir = convert_to_pir(legacy.model_dir, work / "pir", feed={"x": data["train"][0]["x"][:1]})
+    convert_s = time.perf_counter() - start
+    distill, optim = recipe(legacy, spec)
+    n = args.steps
+    train = {"train_iter": n, "eval_iter": max(n // 4, 1), "logging_iter": 10, **optim}
+    strategies = {
+        "pruning 0.25": {"PruneConfig": {"pruned_ratio": 0.25, "criterion": "activation"}},
+        "GMP 0.5": {"UnstructurePruneConfig": {"prune_strategy": "gmp", "prune_ratio": 0.5, "gmp_config": {
+            "stable_iterations": n // 8, "pruning_iterations": n // 2, "tunning_iterations": n - n // 8 - n // 2}}},
+    }
+    stock = DeployTarget("paddle-cpu")
+    rows = []
+    for label, strategy in strategies.items():
+        for fmt, files in (("legacy .pdmodel", legacy), ("PIR .json", pir)):
+            start = time.perf_counter()
+            summary = AutoCompression(
+                str(files.model_dir), files.model_filename, files.params_filename,
+                str(work / f"{label.split()[0]}-{fmt.split()[0]}"), {**strategy, "DistillationConfig": distill},
+                train, data["train"], data["select"], devices="cpu", max_drop=spec["select_drop"], progress=False,
+                deploy={"runtimes": ["paddle-cpu"], "batch_size": 1}).compression()
+            seconds = time.perf_counter() - start
+            out = locate_model(summary["model_dir"])
+            score = data["score"](inference_predictor(out, target=stock))
+            [lat] = [r for r in summary["latency"] if r["batch"] == 1 and r["runtime"] == "paddle-cpu"]
+            rows.append({"strategy": label, "input": fmt, "output": out.model_filename, **score, "lat": lat,
+                         "size": (dir_size(files), dir_size(out)), "seconds": seconds})
+            print(f"{label}, {fmt}: hmean {score['hmean']:.3f}, map IoU {score['map_iou']:.3f} in {seconds:.0f} s",
+                  file=sys.stderr, flush=True)
+    print(f"(PIR conversion of the FP32 model: {convert_s:.1f} s, checked in Paddle Inference; {n} training steps "
+          f"per run; {spec['test']} held-out pages)\n")
+    print("| strategy | input | output | test hmean | test map IoU vs FP32 | FP32 -> compressed ms (stock runtime) "
+          "| size | wall time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lat, (before, after) = r["lat"], r["size"]
+        print(f"| {r['strategy']} | {r['input']} | `{r['output']}` | {r['hmean']:.3f} | {r['map_iou']:.3f} "
+              f"| {lat['ms_before']:.1f} -> {lat['ms_after']:.1f} ({lat['speedup']:.2f}x) "
+              f"| {before / 2**20:.1f} -> {after / 2**20:.1f} MiB | {r['seconds']:.0f} s |")
+    print()
+    for legacy_row, pir_row in zip(rows[::2], rows[1::2]):
+        print(f"{legacy_row['strategy']}: |legacy - PIR| test hmean {abs(legacy_row['hmean'] - pir_row['hmean']):.3f}, "
+              f"map IoU {abs(legacy_row['map_iou'] - pir_row['map_iou']):.3f}")
     return 0
 
 

@@ -68,7 +68,8 @@ def rec_data(quick: bool) -> dict:
 
 
 def det_data(quick: bool) -> dict:
-    from autocompress.ocr import det_evaluator, det_model_dir, load_dictionary, preprocess_pages, render_pages
+    from autocompress.ocr import (det_evaluator, det_model_dir, load_dictionary, map_iou_evaluator, preprocess_pages,
+                                  render_pages)
 
     d = load_dictionary()
     n_train, n_select, n_test = (8, 2, 3) if quick else (24, 3, 6)
@@ -79,26 +80,9 @@ def det_data(quick: bool) -> dict:
     sel_x = [preprocess_pages([p]) for p in sel]
     return {"model_dir": det_model_dir(),
             "train": [{"x": preprocess_pages(train[i:i + 2])} for i in range(0, len(train), 2)],
-            "select": _iou_evaluator(sel_x),
+            "select": map_iou_evaluator(sel_x),
             "test_feeds": test_x, "test": det_evaluator(test_x, [[b] for b in test_b]),
             "latency_feed": {1: {"x": test_x[0]}}}
-
-
-def _iou_evaluator(batches: list[np.ndarray]):
-    """Selection for det: the box hmean of these clean rendered pages saturates (1.0 for the pruned
-    model before any training, so every checkpoint ties); the map IoU against FP32 does not."""
-    from autocompress.backend import DeployTarget, inference_predictor
-    from autocompress.model_io import locate_model
-    from autocompress.ocr import det_model_dir, map_iou
-
-    ref = inference_predictor(locate_model(det_model_dir(), "inference.pdmodel", "inference.pdiparams"),
-                              target=DeployTarget("paddle-cpu"))
-    maps = [np.asarray(ref({"x": x})[0]) for x in batches]
-
-    def evaluate(predict, limit=None):
-        return map_iou([np.asarray(predict({"x": x})[0]) for x in batches[:limit]], maps[:limit])
-    evaluate.num_batches = len(batches)
-    return evaluate
 
 
 def _compress(files, save_dir: Path, strategy: dict, train_config, data: dict, deploy_batch: int) -> dict:

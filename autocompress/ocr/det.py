@@ -144,3 +144,23 @@ def det_evaluator(batches: list[np.ndarray], truths: list[list[np.ndarray]], fee
         return box_hmean(predicted, expected)["hmean"]
     evaluate.num_batches = len(batches)
     return evaluate
+
+
+def fp32_maps(batches: list[np.ndarray], feed_name: str = "x") -> list[np.ndarray]:
+    """The shipped FP32 PP-OCRv4 det model's text maps (stock Paddle Inference) on these pages."""
+    from ..backend import DeployTarget, inference_predictor
+    from ..model_io import locate_model
+
+    reference = inference_predictor(locate_model(det_model_dir()), target=DeployTarget("paddle-cpu"))
+    return [np.asarray(reference({feed_name: x})[0]) for x in batches]
+
+
+def map_iou_evaluator(batches: list[np.ndarray], feed_name: str = "x"):
+    """evaluate(predict, limit=None) -> the text-map IoU against the FP32 model's maps on these pages: a
+    selection metric for det, as the box hmean of clean rendered pages saturates (every checkpoint ties)."""
+    maps = fp32_maps(batches, feed_name)
+
+    def evaluate(predict, limit=None):
+        return map_iou([np.asarray(predict({feed_name: x})[0]) for x in batches[:limit]], maps[:limit])
+    evaluate.num_batches = len(batches)
+    return evaluate

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from ..errors import ModelError
+
 log = logging.getLogger("autocompress.quant")
 
 MOVING_RATE = 0.9
@@ -48,17 +50,33 @@ def insert_fake_quant(program, scope, place, qc):
     the caller promotes them back to Parameters (trainable.promote_parameters)."""
     from paddle.static.quantization import quant_aware
 
-    from .apply import set_int_range
+    from .apply import FP32_MARK, _mark_fp32, set_int_range
+    from .targets import find_targets, tiny_weight_layers
 
+    config = paddle_quant_config(qc)
+    tiny = tiny_weight_layers(program, scope, find_targets(program, qc))
+    if tiny:  # as in PTQ (quant/apply.py): int8 runtimes other than oneDNN read these layers wrong
+        log.info("QAT: kept in FP32, weights too small for int8 runtimes (targets.TINY_WEIGHT_STEP): %s", tiny)
+        program = program.clone()
+        _mark_fp32(program, tiny)
+        config["not_quant_pattern"] = config["not_quant_pattern"] + [FP32_MARK]
     with _quiet_paddle_quant():
-        quantized = quant_aware(program, place, paddle_quant_config(qc), scope=scope, for_test=False,
-                                return_program=True)
+        quantized = quant_aware(program, place, config, scope=scope, for_test=False, return_program=True)
     set_int_range(quantized)
     n = count_quant_ops(quantized)
     if n == 0:
         log.warning("QAT: no op of the types %s was quantized (not_quant_pattern %s); the model trains in fp32",
                     list(qc.quantize_op_types), list(qc.not_quant_pattern))
     return quantized
+
+
+def fp32_marked_layers(program) -> list[str]:
+    """Layer keys of the ops insert_fake_quant kept in FP32 (their name scope carries FP32_MARK)."""
+    from .apply import FP32_MARK
+    from .targets import layer_key
+
+    return [layer_key(op) for op in program.global_block().ops
+            if op.has_attr("op_namescope") and FP32_MARK in (op.attr("op_namescope") or "")]
 
 
 def count_quant_ops(program) -> int:
@@ -68,19 +86,58 @@ def count_quant_ops(program) -> int:
 def convert_for_inference(eval_program, scope, place, qc):
     """The trained eval program (is_test=True) -> the deployable quantize/dequantize program:
     weights stored quantized with their scales, activation scales as quantize_linear attrs."""
-    from paddle.static.quantization import convert
+    from paddle.base import core
+    from paddle.base.framework import IrGraph
+    from paddle.static.quantization.quantization_pass import AddQuantDequantForInferencePass, QuantWeightPass
 
     from .apply import _int_skip_quant, set_int_range
     from .targets import held_op_types, quant_op_tables
 
+    # what paddle.static.quantization.convert does in the ONNX format, with one repair before the
+    # graph becomes a program again: the inference pass adds observer quantize/dequantize pairs named
+    # `X.quantized` / `X.quantized.dequantized`, the names QAT's own pair for X already has. In the graph
+    # they are separate nodes; in a program one name has two writers, and a dequantize then reads the
+    # observer's float pass-through as int8 (ONNX export fails, oneDNN reads the wrong scales).
+    if any(op.type == "while" for op in eval_program.global_block().ops):
+        raise ModelError("QAT of a program with control flow (while) is not supported; use PTQ (QuantizationConfig + "
+                         "HyperParameterOptimizationConfig)")
+    graph = IrGraph(core.Graph(eval_program.desc), for_test=True)
     with _quiet_paddle_quant():
-        program = convert(eval_program, place, paddle_quant_config(qc), scope=scope)
+        for sub_graph in graph.all_sub_graphs():
+            QuantWeightPass(scope, place).apply(sub_graph)
+        for sub_graph in graph.all_sub_graphs():
+            AddQuantDequantForInferencePass(scope=scope, place=place, quant_bits=int(qc.activation_bits)).apply(sub_graph)
+    renamed = unique_written_names(graph)
+    if renamed:
+        log.debug("QAT convert: %d tensors written twice renamed: %s", len(renamed), renamed[:8])
+    program = graph.to_program()
     # not_quant_pattern ops must carry the INTEGER skip_quant == 1, the only form oneDNN's placement pass
     # honours (a bool is ignored and the op would still run int8 from its neighbours' observer scales).
     # convert() writes an int in Paddle 2.6/3.x; rewriting keeps that true whatever the version does.
     _int_skip_quant(program, held=held_op_types(quant_op_tables(qc)[0]))
     set_int_range(program)
     return program
+
+
+def unique_written_names(graph) -> list[str]:
+    """Give every non-persistable tensor of the IR graph that two operations write its own name (the
+    first node keeps it): the graph's edges stay as they are, so its program reads what the graph
+    meant. Returns the new names."""
+    groups: dict[str, list] = {}
+    for node in graph.all_var_nodes():
+        if not node.persistable() and node.inputs:  # written by an op (feeds and weights are not)
+            groups.setdefault(node.name(), []).append(node)
+    renamed = []
+    for name, nodes in groups.items():
+        for k, node in enumerate(sorted(nodes, key=lambda n: n.id())[1:], start=1):
+            new = f"{name}.w{k}"
+            node.node.var().set_name(new)
+            for producer in node.inputs:
+                producer.rename_output(name, new)
+            for consumer in node.outputs:
+                consumer.rename_input(name, new)
+            renamed.append(new)
+    return renamed
 
 
 @contextlib.contextmanager

@@ -151,9 +151,15 @@ def save_trained(student, result: TrainResult, out_dir, qc=None, strategy: str =
     Call inside `paddle_env.legacy_ir()`."""
     program = result.eval_program
     if qc is not None:
-        from ..quant.qat import convert_for_inference
+        from ..quant.qat import convert_for_inference, fp32_marked_layers
+        from ..quant.targets import quant_op_tables
+        from .qat_fallback import keep_fp32
 
         program = convert_for_inference(program, result.scope, result.place, qc)
+        held = fp32_marked_layers(program)  # e.g. tiny weights: no observer scales around them either
+        if held:
+            weight_ops, act_ops, _ = quant_op_tables(qc)
+            keep_fp32(program, held, set(weight_ops) | set(act_ops))
     from .fleet import rank_private
 
     out_dir = rank_private(out_dir)
