@@ -126,6 +126,7 @@ class QuantTemplate:
                 for sub in graph.all_sub_graphs():
                     sub._for_test = True
                     out_scales.apply(sub)
+            unique_written_names(graph)  # one writer per tensor: see there
             self.program = graph.to_program()
         utils.move_persistable_var_to_global_block(self.program)
         _int_skip_quant(self.program)
@@ -180,6 +181,28 @@ class QuantTemplate:
             put(name, np.array([thresholds[tensor]], np.float32))
         return QuantizedModel(self.program, scope, list(self.model.feed_names), list(self.model.fetch_names),
                               self.scales, dict(thresholds))
+
+
+def unique_written_names(graph) -> list[str]:
+    """Give every non-persistable tensor of the IR graph that two operations write its own name (the
+    first node keeps it): the graph's edges stay as they are, so its program reads what the graph
+    meant. Returns the new names. Paddle's inference pass names its observer quantize/dequantize
+    pairs `X.quantized` / `X.quantized.dequantized`, as the quantizing passes name theirs."""
+    groups: dict[str, list] = {}
+    for node in graph.all_var_nodes():
+        if not node.persistable() and node.inputs:  # written by an op (feeds and weights are not)
+            groups.setdefault(node.name(), []).append(node)
+    renamed = []
+    for name, nodes in groups.items():
+        for k, node in enumerate(sorted(nodes, key=lambda n: n.id())[1:], start=1):
+            new = f"{name}.w{k}"
+            node.node.var().set_name(new)
+            for producer in node.inputs:
+                producer.rename_output(name, new)
+            for consumer in node.outputs:
+                consumer.rename_input(name, new)
+            renamed.append(new)
+    return renamed
 
 
 def _mark_fp32(program, keys) -> set[str]:

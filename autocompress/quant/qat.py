@@ -107,6 +107,8 @@ def convert_for_inference(eval_program, scope, place, qc):
             QuantWeightPass(scope, place).apply(sub_graph)
         for sub_graph in graph.all_sub_graphs():
             AddQuantDequantForInferencePass(scope=scope, place=place, quant_bits=int(qc.activation_bits)).apply(sub_graph)
+    from .apply import unique_written_names
+
     renamed = unique_written_names(graph)
     if renamed:
         log.debug("QAT convert: %d tensors written twice renamed: %s", len(renamed), renamed[:8])
@@ -117,27 +119,6 @@ def convert_for_inference(eval_program, scope, place, qc):
     _int_skip_quant(program, held=held_op_types(quant_op_tables(qc)[0]))
     set_int_range(program)
     return program
-
-
-def unique_written_names(graph) -> list[str]:
-    """Give every non-persistable tensor of the IR graph that two operations write its own name (the
-    first node keeps it): the graph's edges stay as they are, so its program reads what the graph
-    meant. Returns the new names."""
-    groups: dict[str, list] = {}
-    for node in graph.all_var_nodes():
-        if not node.persistable() and node.inputs:  # written by an op (feeds and weights are not)
-            groups.setdefault(node.name(), []).append(node)
-    renamed = []
-    for name, nodes in groups.items():
-        for k, node in enumerate(sorted(nodes, key=lambda n: n.id())[1:], start=1):
-            new = f"{name}.w{k}"
-            node.node.var().set_name(new)
-            for producer in node.inputs:
-                producer.rename_output(name, new)
-            for consumer in node.outputs:
-                consumer.rename_input(name, new)
-            renamed.append(new)
-    return renamed
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""QAT's converted program (quant/qat.convert_for_inference) on a small net with the two structures that
+"""QAT's converted program (quant/qat.convert_for_inference), and PTQ's (quant/apply.QuantTemplate), on a small net with the two structures that
 broke the PP-OCRv4 det QAT model on runtimes other than stock Paddle:
 
 - a tensor read by a quantized conv and by an op QAT leaves alone (nearest_interp): QAT quantizes it for
@@ -20,13 +20,10 @@ from autocompress.paddle_env import legacy_ir
 
 
 @pytest.fixture(scope="module")
-def qat_model(tmp_path_factory):
+def fp32_model(tmp_path_factory):
     import paddle
     import paddle.nn.functional as F
 
-    from autocompress import AutoCompression
-    from autocompress.data import FeedSource
-    from autocompress.model_io import locate_model
     from autocompress.prune.testing import export_layer
 
     class Net(paddle.nn.Layer):
@@ -51,14 +48,35 @@ def qat_model(tmp_path_factory):
     net.norm._variance.set_value(np.full([8], 1e8, "float32"))  # gamma / sqrt(var) = 1e-4
     files = export_layer(net, tmp / "fp32", [1, 3, 16, 16])
     paddle.enable_static()
-    x = np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32)
+    return files, np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32)
+
+
+def _compress(files, x, out, strategy, train=None):
+    from autocompress import AutoCompression
+    from autocompress.data import FeedSource
+    from autocompress.model_io import locate_model
+
     feeds = FeedSource.from_arrays({"x": x}, batch_size=4)
-    AutoCompression(str(files.model_dir), files.model_filename, files.params_filename, str(tmp / "out"),
-                    {"QuantizationConfig": {}, "DistillationConfig": {}},
-                    {"train_iter": 3, "eval_iter": 3, "learning_rate": 1e-4, "optimizer": "Adam"},
+    AutoCompression(str(files.model_dir), files.model_filename, files.params_filename, str(out), strategy, train,
                     feeds, lambda predict: 1.0, devices="cpu", progress=False,
                     deploy={"batch_size": 4, "allow_slower": True}).compression()
-    return files, locate_model(tmp / "out" / "model"), x[:4]
+    return locate_model(out / "model")
+
+
+@pytest.fixture(scope="module")
+def qat_model(fp32_model, tmp_path_factory):
+    files, x = fp32_model
+    int8 = _compress(files, x, tmp_path_factory.mktemp("qat") / "out", {"QuantizationConfig": {}, "DistillationConfig": {}},
+                     {"train_iter": 3, "eval_iter": 3, "learning_rate": 1e-4, "optimizer": "Adam"})
+    return files, int8, x[:4]
+
+
+@pytest.fixture(scope="module")
+def ptq_model(fp32_model, tmp_path_factory):
+    files, x = fp32_model
+    return _compress(files, x, tmp_path_factory.mktemp("ptq") / "out", {
+        "QuantizationConfig": {}, "HyperParameterOptimizationConfig": {
+            "ptq_algo": ["avg"], "batch_num": [2], "batch_size": [4], "max_quant_count": 1}})
 
 
 def _ops(files):
@@ -68,14 +86,23 @@ def _ops(files):
         return list(load_model(files).program.global_block().ops)
 
 
-def test_no_tensor_of_the_qat_model_has_two_writers(qat_model):
-    _, int8, _ = qat_model
+def _twice_written(files) -> list[str]:
+    writers = collections.Counter(n for op in _ops(files) for n in op.output_arg_names)
+    return [n for n, k in writers.items() if k > 1]
+
+
+def _observer(op) -> bool:
+    return op.has_attr("only_observer") and bool(op.attr("only_observer"))
+
+
+@pytest.mark.parametrize("which", ["qat", "ptq"])
+def test_no_tensor_of_an_int8_model_has_two_writers(which, request):
+    int8 = request.getfixturevalue("qat_model")[1] if which == "qat" else request.getfixturevalue("ptq_model")
+    assert _twice_written(int8) == []
     ops = _ops(int8)
-    writers = collections.Counter(n for op in ops for n in op.output_arg_names)
-    assert [n for n, k in writers.items() if k > 1] == []
-    # the conv still reads a quantized tensor, nearest_interp its own observer pair's pass-through
-    assert any(op.type == "quantize_linear" and not op.has_attr("only_observer") or
-               (op.type == "quantize_linear" and not op.attr("only_observer")) for op in ops)
+    # both kinds of pair are still there: the conv reads a quantized tensor, nearest_interp an observer's
+    assert any(op.type == "quantize_linear" and not _observer(op) for op in ops)
+    assert any(op.type == "quantize_linear" and _observer(op) for op in ops)
 
 
 def test_the_qat_model_exports_to_onnx_and_matches_paddle(qat_model, tmp_path):
