@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from ..errors import ModelError
-
 log = logging.getLogger("autocompress.quant")
 
 MOVING_RATE = 0.9
@@ -88,9 +86,10 @@ def convert_for_inference(eval_program, scope, place, qc):
     weights stored quantized with their scales, activation scales as quantize_linear attrs."""
     from paddle.base import core
     from paddle.base.framework import IrGraph
+    from paddle.static.quantization import utils
     from paddle.static.quantization.quantization_pass import AddQuantDequantForInferencePass, QuantWeightPass
 
-    from .apply import _int_skip_quant, set_int_range
+    from .apply import _int_skip_quant, set_int_range, unique_written_names
     from .targets import held_op_types, quant_op_tables
 
     # what paddle.static.quantization.convert does in the ONNX format, with one repair before the
@@ -98,21 +97,17 @@ def convert_for_inference(eval_program, scope, place, qc):
     # `X.quantized` / `X.quantized.dequantized`, the names QAT's own pair for X already has. In the graph
     # they are separate nodes; in a program one name has two writers, and a dequantize then reads the
     # observer's float pass-through as int8 (ONNX export fails, oneDNN reads the wrong scales).
-    if any(op.type == "while" for op in eval_program.global_block().ops):
-        raise ModelError("QAT of a program with control flow (while) is not supported; use PTQ (QuantizationConfig + "
-                         "HyperParameterOptimizationConfig)")
     graph = IrGraph(core.Graph(eval_program.desc), for_test=True)
     with _quiet_paddle_quant():
         for sub_graph in graph.all_sub_graphs():
             QuantWeightPass(scope, place).apply(sub_graph)
         for sub_graph in graph.all_sub_graphs():
             AddQuantDequantForInferencePass(scope=scope, place=place, quant_bits=int(qc.activation_bits)).apply(sub_graph)
-    from .apply import unique_written_names
-
     renamed = unique_written_names(graph)
     if renamed:
         log.debug("QAT convert: %d tensors written twice renamed: %s", len(renamed), renamed[:8])
     program = graph.to_program()
+    utils.move_persistable_var_to_global_block(program)  # as convert() does for while blocks
     # not_quant_pattern ops must carry the INTEGER skip_quant == 1, the only form oneDNN's placement pass
     # honours (a bool is ignored and the op would still run int8 from its neighbours' observer scales).
     # convert() writes an int in Paddle 2.6/3.x; rewriting keeps that true whatever the version does.
