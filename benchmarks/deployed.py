@@ -343,6 +343,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small data, a few steps and trials: a smoke run")
     ap.add_argument("--fresh", action="store_true", help="redo the compressed models kept in --work")
     args = ap.parse_args(argv)
+    if args.variants and "nncf" in args.variants and "openvino" not in args.runtimes:
+        ap.error("--variants nncf runs on OpenVINO only: add openvino to --runtimes")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     work = Path(args.work) / ("quick" if args.quick else "full")
     start, rows, keys = time.time(), [], {}

@@ -31,10 +31,14 @@ from pathlib import Path
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("rec", "det"), default="rec")
-    parser.add_argument("--trials", type=int, default=4, help="rec: PTQ trials")
-    parser.add_argument("--steps", type=int, default=80, help="det: training steps per strategy")
+    parser.add_argument("--trials", type=int, help="rec: PTQ trials (default 4)")
+    parser.add_argument("--steps", type=int, help="det: training steps per strategy (default 80)")
     parser.add_argument("--work", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    wrong = "--steps" if args.model == "rec" and args.steps else "--trials" if args.model == "det" and args.trials else None
+    if wrong:
+        parser.error(f"{wrong} does not apply to --model {args.model}")
+    args.trials, args.steps = args.trials or 4, args.steps or 80
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work or tempfile.mkdtemp(prefix="pir-parity-"))
     return det_pruning(args, work) if args.model == "det" else rec_ptq(args, work)

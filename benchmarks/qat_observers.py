@@ -13,7 +13,6 @@ interleaved, 1 thread.
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import os
 import sys
@@ -31,33 +30,17 @@ def without_observers(files, out_dir: Path, keep_after: set[str]):
     """The model with its observer pairs removed, except those on outputs of `keep_after` op types."""
     from autocompress.model_io import load_model, save_model
     from autocompress.paddle_env import legacy_ir
+    from autocompress.train.qat_fallback import remove_pairs
 
     with legacy_ir():
         model = load_model(files)
         block = model.program.global_block()
         producers = {n: op for op in block.ops for n in op.output_arg_names}
-        users = collections.defaultdict(list)
-        for op in block.ops:
-            for n in op.input_arg_names:
-                users[n].append(op)
-        drop = set()
-        for q in block.ops:
-            if q.type != "quantize_linear" or not (q.has_attr("only_observer") and q.attr("only_observer")):
-                continue
-            x = q.input("X")[0]
-            if getattr(producers.get(x), "type", None) in keep_after:
-                continue
-            for dq in users[q.output("Y")[0]]:
-                if dq.type == "dequantize_linear":
-                    for reader in users[dq.output("Y")[0]]:
-                        reader._rename_input(dq.output("Y")[0], x)
-                    drop.add(id(dq))
-            drop.add(id(q))
-        for i in reversed(range(len(block.ops))):
-            if id(block.ops[i]) in drop:
-                block._remove_op(i, sync=False)
-        model.program._sync_with_cpp()
-        return save_model(model, out_dir, {"precision": "int8"}), len(drop) // 2
+        observers = [q for q in block.ops if q.type == "quantize_linear" and q.has_attr("only_observer")
+                     and q.attr("only_observer")
+                     and getattr(producers.get(q.input("X")[0]), "type", None) not in keep_after]
+        remove_pairs(model.program, observers)
+        return save_model(model, out_dir, {"precision": "int8"}), len(observers)
 
 
 def main(argv=None) -> int:

@@ -131,17 +131,27 @@ def keep_fp32(program, keys, quantized_types) -> None:
                 tensors.add(name)
         tensors.update(n for n in op.output_arg_names if not _persistable(block, n))
     users = _consumers(block)
-    drop = set()
+    pairs = []
     for q in block.ops:
         if q.type != "quantize_linear" or q.input("X")[0] not in tensors:
             continue
         dqs = [u for u in users[q.output("Y")[0]] if u.type == "dequantize_linear"]
         readers = [u for dq in dqs for u in users[dq.output("Y")[0]]]
         # a quantized layer that stays int8 needs this scale (it is its input quantization)
-        if any(u.type in quantized_types and not _skipped(u) for u in readers):
-            continue
+        if not any(u.type in quantized_types and not _skipped(u) for u in readers):
+            pairs.append(q)
+    remove_pairs(program, pairs)
+
+
+def remove_pairs(program, quantize_ops) -> None:
+    """Remove these quantize_linear ops of the global block and their dequantize_linear ops; whatever
+    read a dequantized tensor reads the unquantized one instead."""
+    block = program.global_block()
+    users = _consumers(block)
+    drop = set()
+    for q in quantize_ops:
         x = q.input("X")[0]
-        for dq in dqs:
+        for dq in (u for u in users[q.output("Y")[0]] if u.type == "dequantize_linear"):
             for u in users[dq.output("Y")[0]]:
                 u._rename_input(dq.output("Y")[0], x)
             drop.add(id(dq))
