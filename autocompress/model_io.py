@@ -11,16 +11,12 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from .atomic import atomic_dir, write_json_atomic
 from .errors import ModelError
 from .version import __version__
 
 METADATA_FILE = "autocompress.json"
 MODEL_SUFFIXES = {".pdmodel": "pdmodel", ".json": "pir-json"}
-# op types whose multiply-accumulates we count as FLOPs (2 * MACs, the usual convention)
-_FLOP_OPS = ("conv2d", "depthwise_conv2d", "conv2d_transpose", "mul", "matmul", "matmul_v2", "fc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,128 +178,19 @@ def paddle_error_line(err: Exception) -> str:
     return (lines[0] if lines else type(err).__name__)[:500]
 
 
-def _var_info(block, name: str) -> dict:
-    var = block.var(name)
-    dtype = str(var.dtype).replace("paddle.", "").replace("VarType.", "").lower()
-    return {"name": name, "shape": [int(d) for d in var.shape], "dtype": dtype}
-
-
-def persistable_names(program) -> list[str]:
-    block = program.global_block()
-    return [v.name for v in block.vars.values()
-            if v.persistable and v.name not in ("feed", "fetch") and v.type == _lod_tensor_type()]
-
-
-def _lod_tensor_type():
-    import paddle
-
-    return paddle.base.core.VarDesc.VarType.LOD_TENSOR
-
-
-def count_params(program) -> int:
-    block = program.global_block()
-    return int(sum(int(np.prod(block.var(n).shape)) for n in persistable_names(program)))
-
-
-def count_flops(program, feed_names: list[str], feed_shapes: dict[str, list[int]] | None = None) -> int | None:
-    """FLOPs of one sample (2 x multiply-accumulates of conv / matmul ops), by static shape inference.
-
-    The batch dimension counts as 1. Other unknown (-1) dims need `feed_shapes`; without them the
-    result is None rather than a guess.
-    """
-    prog = program.clone(for_test=True)
-    block = prog.global_block()
-    for name in feed_names:
-        shape = list((feed_shapes or {}).get(name) or block.var(name).shape)
-        shape = [1 if i == 0 and d < 0 else d for i, d in enumerate(shape)]
-        if any(d < 0 for d in shape):
-            return None
-        block.var(name).desc.set_shape(shape)
-    flops = 0
-    for op in block.ops:
-        if op.type in ("feed", "fetch"):
-            continue
-        try:
-            op.desc.infer_shape(block.desc)
-        except Exception:
-            return None
-        if op.type not in _FLOP_OPS:
-            continue
-        out_name = op.output("Output" if "Output" in op.output_names else "Out")[0]
-        out_shape = [max(d, 1) for d in block.var(out_name).shape]
-        if op.type in ("conv2d", "depthwise_conv2d", "conv2d_transpose"):
-            w = block.var(op.input("Filter")[0]).shape  # [out_c, in_c/groups, kh, kw]
-            macs = int(np.prod(out_shape)) * int(np.prod(w[1:]))
-        else:
-            x_name = (op.input("X"))[0]
-            k = block.var(x_name).shape[-1]
-            if op.type == "matmul_v2" and op.attr("trans_x"):
-                k = block.var(x_name).shape[-2]
-            macs = int(np.prod(out_shape)) * max(int(k), 1)
-        flops += 2 * macs
-    return int(flops)
-
-
 def dir_size(files: ModelFiles) -> int:
     return int(sum(p.stat().st_size for p in files.files()))
 
 
 def summarize(files: ModelFiles, feed_shapes: dict[str, list[int]] | None = None) -> dict:
-    """Inputs/outputs, parameter count, FLOPs and size on disk. Works for both formats."""
+    """Inputs/outputs, parameter count and bytes, FLOPs and size on disk, read by the format's backend."""
+    from .program import backend_for
+
     summary = {"format": files.format, "model_filename": files.model_filename,
                "params_filename": files.params_filename, "size_bytes": dir_size(files),
                "sha256": {p.name: sha256_file(p) for p in files.files()}}
-    if files.format == "pdmodel":
-        from .paddle_env import legacy_ir
-
-        with legacy_ir():
-            model = load_model(files)
-            block = model.program.global_block()
-            summary["inputs"] = [_var_info(block, n) for n in model.feed_names]
-            summary["outputs"] = [_var_info(block, n) for n in model.fetch_names]
-            summary["params"] = count_params(model.program)
-            summary["param_bytes"] = param_bytes(model.program, model.scope)
-            summary["flops"] = count_flops(model.program, model.feed_names, feed_shapes)
-    else:
-        summary.update(_summarize_pir(files))
+    summary.update(backend_for(files).summarize(files, feed_shapes))
     return summary
-
-
-def param_bytes(program, scope) -> int:
-    total = 0
-    for name in persistable_names(program):
-        var = scope.find_var(name)
-        if var is None or not var.get_tensor()._is_initialized():
-            continue
-        total += np.asarray(var.get_tensor()).nbytes
-    return int(total)
-
-
-def _summarize_pir(files: ModelFiles) -> dict:
-    import paddle
-
-    from .paddle_env import paddle as static_paddle
-
-    static_paddle()
-    exe = paddle.static.Executor(paddle.CPUPlace())
-    scope = paddle.static.Scope()
-    try:
-        with paddle.static.scope_guard(scope):
-            program, feeds, fetches = paddle.static.load_inference_model(files.path_prefix, exe)
-    except Exception as err:
-        raise ModelError(f"could not load the PIR model {files.model_path}: {type(err).__name__}: {err}") from None
-    def info(value, name):
-        return {"name": name, "shape": [int(d) for d in value.shape],
-                "dtype": str(value.dtype).replace("paddle.", "")}
-    feed_values = {op.attrs()["name"]: op.result(0) for op in program.global_block().ops
-                   if op.name() == "pd_op.data"}
-    params = 0
-    for op in program.global_block().ops:
-        if op.name() in ("builtin.parameter", "pd_op.parameter"):
-            params += int(np.prod(op.result(0).shape))
-    return {"inputs": [info(feed_values[n], n) for n in feeds if n in feed_values],
-            "outputs": [info(v, f"output_{i}") for i, v in enumerate(fetches)],
-            "params": params, "flops": None}
 
 
 def save_model(model: LoadedModel, out_dir, metadata: dict, program=None, fetch_targets=None) -> ModelFiles:
@@ -348,13 +235,15 @@ def _strip_callstacks(model_path: Path) -> None:
 
 
 def build_metadata(files: ModelFiles, program, feed_names, fetch_vars, scope, extra: dict) -> dict:
+    from .program.legacy.info import count_flops, count_params, param_bytes, var_info
+
     block = program.global_block()
     meta = {
         "format": files.format,
         "model_filename": files.model_filename,
         "params_filename": files.params_filename,
-        "inputs": [_var_info(block, n) for n in feed_names],
-        "outputs": [_var_info(block, v.name) for v in fetch_vars],
+        "inputs": [var_info(block, n) for n in feed_names],
+        "outputs": [var_info(block, v.name) for v in fetch_vars],
         "sha256": {p.name: sha256_file(p) for p in files.files()},
         "params": count_params(program),
         "param_bytes": param_bytes(program, scope),

@@ -106,8 +106,8 @@ def _check_nodes(job: Job, model) -> None:
     prefix (`teacher_`, `teacher0_`, ...), with the training stage's message. Remote teachers: the
     stage checks."""
     from .train.losses import _listing
-    from .train.teachers import teacher_prefixes
-    from .train.trainable import node_names
+    from .program.legacy.teachers import teacher_prefixes
+    from .program.legacy.trainable import node_names
 
     single = job.configs.get("DistillationConfig")
     groups = []

@@ -30,7 +30,7 @@ def without_observers(files, out_dir: Path, keep_after: set[str]):
     """The model with its observer pairs removed, except those on outputs of `keep_after` op types."""
     from autocompress.model_io import load_model, save_model
     from autocompress.paddle_env import legacy_ir
-    from autocompress.train.qat_fallback import remove_pairs
+    from autocompress.program.legacy.quantize import remove_pairs
 
     with legacy_ir():
         model = load_model(files)

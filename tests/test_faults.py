@@ -238,7 +238,7 @@ with legacy_ir():
 
 
 def test_quantized_program_is_the_same_in_every_process(digits_files, digits_datasets, tmp_path):
-    """Paddle's passes iterate sets of address-hashed nodes (fixed by quant.apply._stable_node_order)
+    """Paddle's passes iterate sets of address-hashed nodes (fixed by program.legacy.quantize.stable_node_order)
     and its save records the caller's stack in the feed / fetch ops (model_io._strip_callstacks): the
     int8 .pdmodel differed from process to process (4 of 4 differed), so no rerun could match."""
     shard = next((digits_datasets / "train").glob("*.npz"))

@@ -8,6 +8,7 @@ import paddle
 import pytest
 
 from autocompress import model_io
+from autocompress.program.legacy import info as program_info
 from autocompress.config import PruneConfig
 from autocompress.errors import ConfigError
 from autocompress.paddle_env import legacy_ir
@@ -245,9 +246,9 @@ def test_bn_scale_without_batch_norm_names_the_layer(tmp_path):
 def test_zero_ratio_changes_nothing(residual_files):
     with legacy_ir():
         model = model_io.load_model(residual_files)
-        before = model_io.count_params(model.program)
+        before = program_info.count_params(model.program)
         _, plan = prune_loaded(model, PruneConfig(channel_multiple=1, pruned_ratio=0.0))
-        assert plan.removed == {} and model_io.count_params(model.program) == before
+        assert plan.removed == {} and program_info.count_params(model.program) == before
 
 
 # --- real architectures ------------------------------------------------------------------------
@@ -264,9 +265,9 @@ def test_vision_models_prune_into_valid_smaller_programs(arch, tmp_path):
     pruned, _, plan = _check_equivalence(files, PruneConfig(channel_multiple=1, pruned_ratio=0.5), (2, 3, 32, 32))
     with legacy_ir():
         original = model_io.load_model(files)
-        f0 = model_io.count_flops(original.program, original.feed_names)
-        f1 = model_io.count_flops(pruned.program, pruned.feed_names)
-        p0, p1 = model_io.count_params(original.program), model_io.count_params(pruned.program)
+        f0 = program_info.count_flops(original.program, original.feed_names)
+        f1 = program_info.count_flops(pruned.program, pruned.feed_names)
+        p0, p1 = program_info.count_params(original.program), program_info.count_params(pruned.program)
     print(f"{arch}: FLOPs {f0} -> {f1} ({1 - f1 / f0:.1%} less), params {p0} -> {p1}")
     assert 1 - f1 / f0 > 0.6  # ratio 0.5 on both sides of most convs: ~75% fewer MACs
     assert 1 - p1 / p0 > 0.6

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from autocompress import model_io
+from autocompress.program.legacy import info as program_info
 from autocompress.backend import DeployTarget, inference_predictor
 from autocompress.config import PruneConfig
 from autocompress.paddle_env import legacy_ir
@@ -62,9 +63,9 @@ def test_rec_model_keeps_its_accuracy_with_compensation_and_activation_criterion
     with legacy_ir():
         baseline = evaluate(lambda feed: run_model(model_io.load_model(files), feed))
         model = model_io.load_model(files)
-        before = model_io.count_flops(model.program, model.feed_names, {"x": [1, 3, 48, 320]})
+        before = program_info.count_flops(model.program, model.feed_names, {"x": [1, 3, 48, 320]})
         prune_loaded(model, PruneConfig(pruned_ratio=0.1, criterion="activation"), calib=calib)
-        after = model_io.count_flops(model.program, model.feed_names, {"x": [1, 3, 48, 320]})
+        after = program_info.count_flops(model.program, model.feed_names, {"x": [1, 3, 48, 320]})
         pruned = evaluate(lambda feed: run_model(model, feed))
     assert after < 0.85 * before
     assert baseline > 0.95 and pruned > baseline - 0.15, (baseline, pruned)

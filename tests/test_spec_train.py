@@ -235,7 +235,7 @@ def test_merge_feed_false_feeds_a_differently_named_teacher_input_by_position(di
 
     from autocompress import model_io
     from autocompress.train import make_trainable
-    from autocompress.train.teachers import merge_teacher
+    from autocompress.program.legacy.teachers import merge_teacher
 
     renamed = _renamed_input(digits_files, tmp_path / "renamed")
     with legacy_ir():

@@ -128,7 +128,7 @@ def test_fallback_recovers_what_only_onednn_breaks(qat_model, digits_data):
 def test_keep_fp32_rejects_unknown_layers(qat_model):
     from autocompress.errors import ConfigError
     from autocompress.model_io import load_model
-    from autocompress.train.qat_fallback import keep_fp32
+    from autocompress.program.legacy.quantize import keep_fp32
 
     result, _ = qat_model
     with legacy_ir():

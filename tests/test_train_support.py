@@ -31,12 +31,13 @@ def top1_evaluator(x, y, batch_size=100):
 def perturb_model(files, out_dir, noise: float, seed: int = 0):
     """A copy of `files` whose conv/linear weights got Gaussian noise of `noise` x their std."""
     from autocompress import model_io
+    from autocompress.program.legacy import info as program_info
     from autocompress.paddle_env import legacy_ir
 
     rng = np.random.default_rng(seed)
     with legacy_ir() as paddle:
         model = model_io.load_model(files)
-        for name in model_io.persistable_names(model.program):
+        for name in program_info.persistable_names(model.program):
             if not name.endswith(".w_0") or "batch_norm" in name:
                 continue
             t = model.scope.find_var(name).get_tensor()

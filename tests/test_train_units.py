@@ -10,8 +10,8 @@ from autocompress.paddle_env import legacy_ir
 from autocompress.train import make_trainable, run_distill, run_multi_teacher
 from autocompress.train import losses as L
 from autocompress.train.optim import build_lr, build_optimizer
-from autocompress.train.teachers import merge_teacher
-from autocompress.train.trainable import copy_persistables
+from autocompress.program.legacy.teachers import merge_teacher
+from autocompress.program.legacy.trainable import copy_persistables
 from test_train_support import top1_evaluator, train_source
 
 QUICK = {"train_iter": 3, "eval_iter": 3, "optimizer": "SGD", "learning_rate": 0.001}

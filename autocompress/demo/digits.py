@@ -121,7 +121,8 @@ def export_pir_twin(legacy: ModelFiles, out_dir) -> ModelFiles:
     PIR API on, as Paddle 3 exports by default."""
     import paddle
 
-    from ..model_io import load_model, persistable_names
+    from ..model_io import load_model
+    from ..program.legacy.info import persistable_names
     from ..paddle_env import legacy_ir
 
     with legacy_ir():

@@ -144,6 +144,7 @@ def asp_model(files, out_dir, include_convs: bool = False, place=None, names=Non
     `names`: only these weights (PruneConfig.prune_params_name).
     Fine-tuning must keep the masks: `prune.run.run_prune_distill(..., pruned_input=True)`."""
     from .. import model_io
+    from ..program.legacy import info as program_info
     from ..paddle_env import legacy_ir
     from .masks import compressed_size
 
@@ -153,8 +154,8 @@ def asp_model(files, out_dir, include_convs: bool = False, place=None, names=Non
         pruner = ASPPruner(model.program, model.scope, include_convs=include_convs, place=place, names=names)
         pruner.prune()
         report = pruner.report()
-        params = model_io.count_params(model.program)
-        flops = model_io.count_flops(model.program, model.feed_names)
+        params = program_info.count_params(model.program)
+        flops = program_info.count_flops(model.program, model.feed_names)
         saved = model_io.save_model(model, out_dir, {"strategy": "asp", "sparsity": report["overall"],
                                                      "parent": model_io.sha256_file(files.model_path)})
     guard.verify()

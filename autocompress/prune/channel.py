@@ -180,38 +180,10 @@ def _set_tensor(scope, name, arr, place):
 
 def apply_plan(program, scope, graph: ChannelGraph, plan: ChannelPlan, place=None) -> None:
     """Physically remove the planned channels from `scope`'s tensors and `program`'s shapes."""
-    import paddle
+    from ..program.legacy.channels import remove_channels
 
-    place = place or paddle.CPUPlace()
-    block = program.global_block()
-    for name, axes in plan.param_removals(graph).items():
-        arr = _tensor(scope, name)
-        for axis, pos in axes.items():
-            arr = np.delete(arr, pos, axis=axis)
-        _set_tensor(scope, name, arr, place)
-        block.var(name).desc.set_shape(list(arr.shape))
-    depthwise = {idx for idx, _ in graph.depthwise_ops}
-    views = dict(graph.view_reshapes)
-    for idx, op in enumerate(block.ops):
-        if op.type in ("feed", "fetch"):
-            continue
-        if idx in depthwise:
-            op.desc._set_attr("groups", int(block.var(op.input("Filter")[0]).shape[0]))
-        if idx in graph.reshape_ops:
-            xshape = block.var(op.input("X")[0]).shape
-            shape = list(op.attr("shape"))
-            op.desc._set_attr("shape", [shape[0], int(np.prod(xshape[1:]))])
-        if idx in views:  # reshape of a pruned bias: its target shape names the channel count
-            shape = list(op.attr("shape"))
-            if shape[views[idx]] != -1:
-                shape[views[idx]] = int(block.var(op.input("X")[0]).shape[0])
-                op.desc._set_attr("shape", shape)
-        try:
-            op.desc.infer_shape(block.desc)  # re-derive every activation shape from the new weights
-        except Exception as err:
-            raise ModelError(f"pruning left op {idx} ({op.type}) with inconsistent shapes: {err}. "
-                             "This is a bug in the dependency analysis; prune fewer layers "
-                             "(prune_params_name) and report it.") from None
+    remove_channels(program, scope, plan.param_removals(graph), depthwise_ops=[idx for idx, _ in graph.depthwise_ops],
+                    flatten_reshapes=graph.reshape_ops, view_reshapes=dict(graph.view_reshapes), place=place)
 
 
 def _consumer_input(op) -> str:
@@ -379,6 +351,7 @@ def prune_model(files, config, out_dir, feed_shapes=None, place=None, calib=None
     prune_algo 'asp' is delegated to `asp.asp_model` (2:4 masks, same shape).
     """
     from .. import model_io
+    from ..program.legacy import info as program_info
     from ..paddle_env import legacy_ir
 
     config = build(PruneConfig, config)
@@ -391,12 +364,12 @@ def prune_model(files, config, out_dir, feed_shapes=None, place=None, calib=None
         model = model_io.load_model(files, place)
         before = _stats(model, feed_shapes)
         _, plan = prune_loaded(model, config, place, calib=calib)
-        after_flops = model_io.count_flops(model.program, model.feed_names, feed_shapes)
+        after_flops = program_info.count_flops(model.program, model.feed_names, feed_shapes)
         saved = model_io.save_model(model, out_dir, {
             "strategy": "prune", "parent": model_io.sha256_file(files.model_path),
             "pruned_ratio": config.pruned_ratio, "criterion": config.criterion,
             "channel_multiple": config.channel_multiple})
-        after = {"params": model_io.count_params(model.program), "flops": after_flops,
+        after = {"params": program_info.count_params(model.program), "flops": after_flops,
                  "size_bytes": model_io.dir_size(saved)}
     guard.verify()
     return {"model_files": saved,
@@ -408,9 +381,10 @@ def prune_model(files, config, out_dir, feed_shapes=None, place=None, calib=None
 
 def _stats(model, feed_shapes) -> dict:
     from .. import model_io
+    from ..program.legacy import info as program_info
 
-    return {"params": model_io.count_params(model.program),
-            "flops": model_io.count_flops(model.program, model.feed_names, feed_shapes),
+    return {"params": program_info.count_params(model.program),
+            "flops": program_info.count_flops(model.program, model.feed_names, feed_shapes),
             "size_bytes": model_io.dir_size(model.files)}
 
 

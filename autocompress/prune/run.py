@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from .. import model_io
+from ..program.legacy import info as program_info
 from ..config import DistillationConfig, PruneConfig, TrainConfig, UnstructurePruneConfig, build
 from ..errors import ConfigError
 from ..paddle_env import legacy_ir
@@ -34,8 +35,8 @@ def _teacher(dc: DistillationConfig, model_files, place):
 
 
 def _stats(model, feed_shapes=None) -> dict:
-    return {"params": model_io.count_params(model.program),
-            "flops": model_io.count_flops(model.program, model.feed_names, feed_shapes)}
+    return {"params": program_info.count_params(model.program),
+            "flops": program_info.count_flops(model.program, model.feed_names, feed_shapes)}
 
 
 class _MaskHook:

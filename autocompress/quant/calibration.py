@@ -224,7 +224,7 @@ class _ActivationRunner:
     def __init__(self, model, names):
         import paddle
 
-        from ..model_io import persistable_names
+        from ..program.legacy.info import persistable_names
 
         self.names = names
         self.program = model.program.clone(for_test=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..program.legacy.quantize import layer_key
+
 
 _FLOAT_DTYPES = ("float32", "float64", "float16")
 
@@ -141,15 +143,6 @@ def find_targets(program, quant_config) -> QuantTargets:
                     add_act(block, name)
     return QuantTargets(weight_ops, act_ops, observer_ops, patterns, list(activations), weights,
                         held_op_types(weight_ops))
-
-
-def layer_key(op) -> str:
-    """A stable, readable name for one op: `type(first output)`, e.g. `conv2d(conv2d_5.tmp_0)`.
-    Output names are unique in a static program, so the key survives program clones."""
-    from paddle.static.quantization import utils
-
-    outs = utils._get_op_output_var_names(op)
-    return f"{op.type}({outs[0] if outs else ''})"
 
 
 # Op types oneDNN's cpu_quantize_placement_pass may run in int8 once their input has a scale

@@ -1,27 +1,25 @@
-"""The model format at the edges of a run: the engines work on a legacy program; a Paddle 3 PIR
-input (`*.json`) is translated into a verified legacy working copy first, and the result goes back
-to the input's format and file names, so deploy code that loaded `inference.json` loads the
-compressed one unchanged (docs/pir.md)."""
+"""The model format at the edges of a run: the engines edit legacy programs (the program layer's PIR
+backend hands its edits to the legacy one, see `program`); a Paddle 3 PIR input (`*.json`) becomes a
+verified legacy working copy first, and the result goes back to the input's format and file names,
+so deploy code that loaded `inference.json` loads the compressed one unchanged (docs/pir.md)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 from ..errors import AutoCompressError
+from ..program import PIR, backend_for
 from .artifact import ModelArtifact
 
 log = logging.getLogger("autocompress")
-PIR = "pir-json"
 
 
 def working_copy(files, folder):
     """The legacy program the engines work on: the input itself, or its verified translation."""
     if files.format != PIR:
         return files
-    from ..program.to_legacy import pir_to_legacy
-
     log.info("%s is a PIR model: translating it into a legacy working copy", files.model_filename)
-    return pir_to_legacy(files, Path(folder))
+    return backend_for(files).editable(files, Path(folder))
 
 
 def in_input_format(artifact: ModelArtifact, input_files, folder) -> ModelArtifact:
@@ -30,11 +28,8 @@ def in_input_format(artifact: ModelArtifact, input_files, folder) -> ModelArtifa
     why and how to load it."""
     if input_files.format != PIR or artifact.files.format == PIR:
         return artifact
-    from ..program.convert import convert_to_pir
-
     try:
-        converted = convert_to_pir(artifact.files.model_dir, Path(folder), artifact.files.model_filename,
-                                   artifact.files.params_filename)
+        converted = backend_for(input_files).restore(artifact.files, Path(folder))
     except AutoCompressError as err:
         import paddle
 

@@ -12,7 +12,7 @@ from ..config import DistillationConfig, MultiTeacherDistillationConfig, Quantiz
 from ..errors import ConfigError, ModelError
 from ..model_io import InputGuard, ModelFiles, load_model, locate_model, save_model, sha256_file
 from .engine import TeacherSpec, TrainResult, train_program
-from .trainable import make_trainable, node_names
+from ..program.legacy.trainable import make_trainable, node_names
 
 log = logging.getLogger("autocompress.train")
 MODEL_SUBDIR = "model"
@@ -151,9 +151,9 @@ def save_trained(student, result: TrainResult, out_dir, qc=None, strategy: str =
     Call inside `paddle_env.legacy_ir()`."""
     program = result.eval_program
     if qc is not None:
-        from ..quant.qat import convert_for_inference, fp32_marked_layers
+        from ..program.legacy.quantize import fp32_marked_layers, keep_fp32
+        from ..quant.qat import convert_for_inference
         from ..quant.targets import quant_op_tables
-        from .qat_fallback import keep_fp32
 
         program = convert_for_inference(program, result.scope, result.place, qc)
         held = fp32_marked_layers(program)  # e.g. tiny weights: no observer scales around them either

@@ -26,12 +26,13 @@ from . import checkpoint as ckpt
 from . import fleet as fleet_mod
 from .common import StepContext, TrainingError, evaluate_checked, scope_predictor  # noqa: F401
 from .feeding import Feeder
-from .legacy_ops import patched_for_legacy
+from ..program.legacy.ops import patched_for_legacy
 from .loop import Loop
 from .losses import build_losses, resolve_pairs
 from .optim import build_lr, build_optimizer
-from .teachers import merge_teacher, teacher_prefixes
-from .trainable import copy_persistables, make_trainable, persistable_value_names, promote_parameters
+from ..program.legacy.teachers import merge_teacher, teacher_prefixes
+from ..program.legacy.trainable import (copy_persistables, make_trainable, persistable_value_names, promote_parameters,
+                                        remove_feed_fetch_ops)
 
 log = logging.getLogger("autocompress.train")
 _evaluate = evaluate_checked  # kept for callers that imported the old name (prune.run)
@@ -124,7 +125,7 @@ def train_program(student, teachers: list[TeacherSpec], train_source, evaluator,
             from ..quant.qat import insert_fake_quant
 
             main = insert_fake_quant(main, scope, place, quant_config)
-            _strip_stray_feed_fetch(main)
+            remove_feed_fetch_ops(main)
             promote_parameters(main)
         # Legacy programs name new vars with their own per-program generator, which starts at zero
         # for a loaded program: `reshape2_0.tmp_0` would collide with the model's own var.
@@ -200,14 +201,6 @@ def train_program(student, teachers: list[TeacherSpec], train_source, evaluator,
     return TrainResult(scope, place, exe, eval_program, trainable.feed_names, trainable.output_names,
                        loop.best_metric, loop.baseline, loop.curve, loop.target_met(), loop.step,
                        loop.resumed_from, loop.best_step, time.time() - t_start, loop.stopped_early)
-
-
-def _strip_stray_feed_fetch(program) -> None:
-    block = program.global_block()
-    for i in reversed(range(len(block.ops))):
-        if block.ops[i].type in ("feed", "fetch"):
-            block._remove_op(i, sync=False)
-    program._sync_with_cpp()
 
 
 def _model_identity(model) -> dict:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ConfigError
-from .legacy_ops import raw as _raw
-from .legacy_ops import sum_last as _sum_last
-from .trainable import node_names
+from ..program.legacy.ops import raw as _raw
+from ..program.legacy.ops import sum_last as _sum_last
+from ..program.legacy.trainable import node_names
 
 LOSSES = ("l2_loss", "soft_label_loss", "fsp_loss", "kl_loss", "cosine_loss", "l1_loss")
 _EPS = 1e-8

@@ -4,7 +4,8 @@ QAT's simulated metric (fake-quant ops in the executor) and oneDNN int8 disagree
 pool2d / elementwise_add / concat... in int8 from the observer scales, fuses ops and requantizes
 outputs. The PTQ search closes that gap with quant/fallback.py; this module applies the same rules to
 the QAT-converted program, which no QuantTemplate can rebuild (convert() already rounded the weights
-in place), so it edits the converted program itself:
+in place), so it edits the converted program itself, through the program layer
+(`program.legacy.quantize.keep_fp32`):
 
 - a layer kept in FP32 gets the INTEGER `skip_quant = 1` (the attribute oneDNN's placement pass reads),
   reads its inputs before their quantize/dequantize pair, and the observer pairs on its input and
@@ -21,19 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..program.legacy.quantize import QDQ_OPS, dequantized_source, is_skipped, keep_fp32, layer_key, producers, scale_values
 
 WORK_SUBDIR = ".qat_fallback"
 # Steps bound the extra wall time. A QAT step only edits the converted program, saves it and measures
 # it (~2 s on PP-OCRv4 with 100 lines), no QuantTemplate rebuild as in PTQ (5-10 s, MAX_STEPS = 8 there),
 # so more groups fit the same 1-2 minute budget.
 MAX_STEPS = 12
-_QDQ = ("quantize_linear", "dequantize_linear")
 
 
 @dataclasses.dataclass
@@ -43,123 +42,24 @@ class Candidate:
     simulated: bool        # True: QAT quantized it while training; False: only oneDNN runs it in int8
 
 
-def _producers(block):
-    return {name: op for op in block.ops for name in op.output_arg_names}
-
-
-def _consumers(block):
-    users = defaultdict(list)
-    for op in block.ops:
-        for name in op.input_arg_names:
-            users[name].append(op)
-    return users
-
-
-def _persistable(block, name) -> bool:
-    return block.has_var(name) and block.var(name).persistable
-
-
-def _source(block, producers, name):
-    """The tensor `name` quantizes when it is a dequantize_linear(quantize_linear(x)) output, else None."""
-    dq = producers.get(name)
-    if dq is None or dq.type != "dequantize_linear":
-        return None
-    q = producers.get(dq.input("X")[0])
-    if q is None or q.type != "quantize_linear":
-        return None
-    x = q.input("X")[0]
-    return None if _persistable(block, x) else x
-
-
-def _skipped(op) -> bool:
-    return op.has_attr("skip_quant") and bool(op.attr("skip_quant"))
-
-
-def scale_values(program, scope) -> dict[str, float]:
-    """Activation tensor -> its scale, from the converted program's quantize_linear ops."""
-    block, out = program.global_block(), {}
-    for op in block.ops:
-        if op.type == "quantize_linear" and not _persistable(block, op.input("X")[0]):
-            var = scope.find_var(op.input("Scale")[0])
-            if var is not None:
-                out[op.input("X")[0]] = float(np.array(var.get_tensor()).reshape(-1)[0])
-    return out
-
-
 def int8_candidates(program, quantized_types) -> list[Candidate]:
     """Ops that run in int8 when deployed, program order: quantized op types and the oneDNN int8 op
     types whose input carries a scale; ops already skipped (not_quant_pattern) are no candidates."""
-    from ..quant.targets import ONEDNN_INT8_OP_TYPES, layer_key
+    from ..quant.targets import ONEDNN_INT8_OP_TYPES
 
     block = program.global_block()
-    producers = _producers(block)
+    made_by = producers(block)
     scaled = {op.input("X")[0] for op in block.ops if op.type == "quantize_linear"}
     out = []
     for op in block.ops:
-        if op.type in _QDQ or op.type in ("feed", "fetch") or _skipped(op):
+        if op.type in QDQ_OPS or op.type in ("feed", "fetch") or is_skipped(op):
             continue
-        ins = [s for s in (_source(block, producers, n) for n in op.input_arg_names) if s is not None]
+        ins = [s for s in (dequantized_source(block, made_by, n) for n in op.input_arg_names) if s is not None]
         if not ins or (op.type not in quantized_types and op.type not in ONEDNN_INT8_OP_TYPES):
             continue
         outs = [n for n in op.output_arg_names if n in scaled]
         out.append(Candidate(layer_key(op), sorted(set(ins + outs)), op.type in quantized_types))
     return out
-
-
-def keep_fp32(program, keys, quantized_types) -> None:
-    """Edit `program` (a clone) so the ops named by `keys` run in FP32 when deployed. See the module
-    docstring. Raises ConfigError naming unknown keys."""
-    from ..quant.targets import layer_key
-
-    block = program.global_block()
-    producers = _producers(block)
-    wanted = set(keys)
-    selected = [op for op in block.ops if layer_key(op) in wanted]
-    missing = sorted(wanted - {layer_key(op) for op in selected})
-    if missing:
-        raise ConfigError(f"fp32 layers {missing[:5]} are not ops of this QAT model; take the names from "
-                          "train.qat_fallback.int8_candidates on the converted model")
-    tensors = set()
-    for op in selected:
-        op._set_attr("skip_quant", 1)
-        for name in list(op.input_arg_names):
-            src = _source(block, producers, name)
-            if src is not None:
-                op._rename_input(name, src)
-                tensors.add(src)
-            elif not _persistable(block, name):
-                tensors.add(name)
-        tensors.update(n for n in op.output_arg_names if not _persistable(block, n))
-    users = _consumers(block)
-    pairs = []
-    for q in block.ops:
-        if q.type != "quantize_linear" or q.input("X")[0] not in tensors:
-            continue
-        dqs = [u for u in users[q.output("Y")[0]] if u.type == "dequantize_linear"]
-        readers = [u for dq in dqs for u in users[dq.output("Y")[0]]]
-        # a quantized layer that stays int8 needs this scale (it is its input quantization)
-        if not any(u.type in quantized_types and not _skipped(u) for u in readers):
-            pairs.append(q)
-    remove_pairs(program, pairs)
-
-
-def remove_pairs(program, quantize_ops) -> None:
-    """Remove these quantize_linear ops of the global block and their dequantize_linear ops; whatever
-    read a dequantized tensor reads the unquantized one instead."""
-    block = program.global_block()
-    users = _consumers(block)
-    drop = set()
-    for q in quantize_ops:
-        x = q.input("X")[0]
-        for dq in (u for u in users[q.output("Y")[0]] if u.type == "dequantize_linear"):
-            for u in users[dq.output("Y")[0]]:
-                u._rename_input(dq.output("Y")[0], x)
-            drop.add(id(dq))
-        drop.add(id(q))
-    for i in reversed(range(len(block.ops))):
-        if id(block.ops[i]) in drop:
-            block._remove_op(i, sync=False)
-    program._sync_with_cpp()
 
 
 def rank(model, candidates: list[Candidate], evaluator, bits: int) -> list[tuple[str, float]]:

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from ..errors import ModelError
+from ...errors import ModelError
 
 log = logging.getLogger("autocompress.train")
 
@@ -70,10 +70,8 @@ def strip_feed_fetch(program, feed_names: list[str]) -> None:
 
     Keeping them would make every teacher merge and program clone deal with a shared `feed`
     holder var, and `append_backward` with a fetch op at the end of the block."""
+    remove_feed_fetch_ops(program)
     block = program.global_block()
-    for i in reversed(range(len(block.ops))):
-        if block.ops[i].type in ("feed", "fetch"):
-            block._remove_op(i, sync=False)
     for name in ("feed", "fetch"):
         if block.has_var(name):
             block._remove_var(name, sync=False)
@@ -83,6 +81,15 @@ def strip_feed_fetch(program, feed_names: list[str]) -> None:
         var.stop_gradient = True
         var.desc.set_need_check_feed(True)
         var.is_data = True
+
+
+def remove_feed_fetch_ops(program) -> None:
+    """Remove the feed and fetch ops (an executor adds its own for every run)."""
+    block = program.global_block()
+    for i in reversed(range(len(block.ops))):
+        if block.ops[i].type in ("feed", "fetch"):
+            block._remove_op(i, sync=False)
+    program._sync_with_cpp()
 
 
 def set_training(program, training: bool, freeze_bn: bool = False) -> None:

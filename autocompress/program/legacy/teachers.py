@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..errors import ConfigError, ModelError
+from ...errors import ConfigError, ModelError
 from .trainable import copy_persistables, persistable_value_names
 
 
