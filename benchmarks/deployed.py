@@ -2,6 +2,7 @@
 files), on every CPU runtime users deploy with, with NNCF's PTQ on OpenVINO side by side.
 
     python benchmarks/deployed.py [--models det rec cls] [--work DIR] [--runtimes ...] [--variants ...] [--quick]
+                                  [--ratios FIRST SECOND] [--steps N]
 
 Variants, all made through the API (`autocompress.AutoCompression`) from the same data:
 - FP32 (the shipped model);
@@ -61,6 +62,18 @@ MODELS = {
 # --variants names: PTQ search, QAT, pruning at the first / second ratio, pruning then PTQ, NNCF's two rows
 VARIANTS = ("ptq", "qat", "prune1", "prune2", "prune-ptq", "nncf")
 QUICK = {"train": 48, "select": 24, "test": 48, "steps": 10, "qat_steps": 10, "trials": 2}
+
+
+def model_spec(name: str, quick: bool = False, ratios=None, steps: int | None = None) -> dict:
+    """MODELS[name], with --quick's small sizes and the --ratios / --steps overrides."""
+    spec = {**MODELS[name], **(QUICK if quick and name != "det" else {})}
+    if quick and name == "det":
+        spec.update(train=6, select=2, test=2, steps=6, qat_steps=6, trials=2)
+    if ratios:
+        spec["ratios"] = tuple(ratios)
+    if steps:
+        spec["steps"] = int(steps)
+    return spec
 
 
 def _chunks(x, size: int) -> list:
@@ -189,8 +202,8 @@ class Variants:
         from autocompress.model_io import locate_model
 
         folder, record = self.work / vid, self.work / f"{vid}.json"
-        if record.exists() and not self.fresh:
-            done = json.loads(record.read_text())
+        done = json.loads(record.read_text()) if record.exists() and not self.fresh else None
+        if done is not None and done.get("label", label) == label:  # made with these settings: reuse it
             return {"variant": label, "files": locate_model(done["model_dir"]), "int8": int8,
                     "seconds": done["seconds"]}
         start = time.perf_counter()
@@ -200,7 +213,7 @@ class Variants:
                              deploy={"runtimes": ["onednn"], "batch_size": self.spec["deploy_batch"]}, progress=False)
         summary = ac.compression()
         seconds = time.perf_counter() - start
-        record.write_text(json.dumps({"model_dir": summary["model_dir"], "seconds": seconds}))
+        record.write_text(json.dumps({"model_dir": summary["model_dir"], "seconds": seconds, "label": label}))
         return {"variant": label, "files": locate_model(summary["model_dir"]), "int8": int8, "seconds": seconds}
 
 
@@ -342,6 +355,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="small data, a few steps and trials: a smoke run")
     ap.add_argument("--fresh", action="store_true", help="redo the compressed models kept in --work")
+    ap.add_argument("--ratios", nargs=2, type=float, metavar=("FIRST", "SECOND"),
+                    help="the two pruning ratios instead of each model's own (prune1, prune2, prune-ptq)")
+    ap.add_argument("--steps", type=int, help="distillation steps of the pruned models instead of each model's own")
     args = ap.parse_args(argv)
     if args.variants and "nncf" in args.variants and "openvino" not in args.runtimes:
         ap.error("--variants nncf runs on OpenVINO only: add openvino to --runtimes")
@@ -349,9 +365,7 @@ def main(argv=None) -> int:
     work = Path(args.work) / ("quick" if args.quick else "full")
     start, rows, keys = time.time(), [], {}
     for name in args.models:
-        spec = {**MODELS[name], **(QUICK if args.quick and name != "det" else {})}
-        if args.quick and name == "det":
-            spec.update(train=6, select=2, test=2, steps=6, qat_steps=6, trials=2)
+        spec = model_spec(name, args.quick, args.ratios, args.steps)
         data = DATA[name](spec)
         keys[name] = data["metrics"]
         variants = Variants(name, spec, data, work, args.fresh)

@@ -1,10 +1,13 @@
-"""Where the time goes in the int8 PP-OCRv4 models: per op type, FP32 against int8, on Paddle Inference
-(oneDNN with the int8 switch, and a stock Config) and on OpenVINO (with NNCF's int8 beside ours).
+"""Where the time goes in the compressed PP-OCRv4 models: per op type, FP32 against our int8 (or our pruned)
+model, on Paddle Inference (oneDNN with the int8 switch, and a stock Config) and on OpenVINO (with NNCF's
+int8 beside ours).
 
     python benchmarks/int8_profile.py [--models det rec cls] [--work DIR] [--calls 10] [--top 12]
+                                      [--pruned {1,2} [--ratios FIRST SECOND] [--steps N]]
 
 The int8 model is our PTQ search's output from benchmarks/deployed.py (the same --work folder: made
-there, or here when absent). Paddle Inference's own profiler (`Config.enable_profile`) gives the time
+there, or here when absent); with --pruned K the compared model is deployed.py's pruned model at its
+K-th ratio instead (`--ratios`, `--steps` as there), FP32 on every runtime. Paddle Inference's own profiler (`Config.enable_profile`) gives the time
 per op type; OpenVINO's (`PERF_COUNT`) gives it per node type and kernel precision (the last part of
 its exec type: I8, BF16, FP32). Times are ms per inference at the deployment batch, 1 thread. The
 quantize / dequantize / reorder rows are what int8 adds; the conv rows what it saves.
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from deployed import DATA, MODELS, Variants, nncf_quantize  # noqa: E402
+from deployed import DATA, MODELS, Variants, model_spec, nncf_quantize  # noqa: E402
 
 EVENT = re.compile(r"^thread\d+::(\S+)\s+(\d+)\s+([\d.]+)")
 
@@ -99,28 +102,40 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "results" / "deployed"))
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--pruned", type=int, choices=(1, 2), help="profile the pruned model at this ratio instead of int8")
+    ap.add_argument("--ratios", nargs=2, type=float, metavar=("FIRST", "SECOND"))
+    ap.add_argument("--steps", type=int)
     args = ap.parse_args(argv)
+    if (args.ratios or args.steps) and not args.pruned:
+        ap.error("--ratios and --steps choose the pruned model: add --pruned 1 or --pruned 2")
     work = Path(args.work) / "full"
     for name in args.models:
-        spec = MODELS[name]
+        spec = model_spec(name, ratios=args.ratios, steps=args.steps)
         data = DATA[name](spec)
         variants = Variants(name, spec, data, work, fresh=False)
-        ptq = variants.make("ptq", "PTQ search", variants.fp32, variants._ptq(), None, True)["files"]
+        if args.pruned:
+            made = variants.all({f"prune{args.pruned}"})[-1]
+            model, int8, label = made["files"], False, f"pruned {spec['ratios'][args.pruned - 1]}"
+        else:
+            model, int8, label = variants.make("ptq", "PTQ search", variants.fp32, variants._ptq(), None, True)["files"], \
+                True, "int8"
         batch = spec["deploy_batch"]
         feed = data["feeds"][batch]
         paddle = {"FP32 oneDNN": paddle_profile(variants.fp32, False, "onednn", feed, args.calls),
-                  "int8 oneDNN": paddle_profile(ptq, True, "onednn", feed, args.calls)}
+                  f"{label} oneDNN": paddle_profile(model, int8, "onednn", feed, args.calls)}
         print(_table(f"PP-OCRv4 {name}, Paddle Inference oneDNN, batch {batch}", paddle, args.top), "\n")
         stock = {"FP32 stock": paddle_profile(variants.fp32, False, "paddle-cpu", feed, args.calls),
-                 "int8 stock": paddle_profile(ptq, False, "paddle-cpu", feed, args.calls)}
+                 f"{label} stock": paddle_profile(model, False, "paddle-cpu", feed, args.calls)}
         print(_table(f"PP-OCRv4 {name}, Paddle Inference stock Config, batch {batch}", stock, args.top), "\n")
         from autocompress.backend import openvino_model_path
 
         ov_cols = {"FP32 (bf16)": openvino_profile(openvino_model_path(variants.fp32, False), feed, args.calls),
-                   "ours int8 (ONNX QDQ)": openvino_profile(openvino_model_path(ptq, True), feed, args.calls)}
-        nncf = nncf_quantize(variants.fp32, data["train"][:8])
-        if nncf is not None:
-            ov_cols["NNCF int8"] = openvino_profile(nncf[0], feed, args.calls)
+                   f"ours {label}" + (" (ONNX QDQ)" if int8 else ""):
+                       openvino_profile(openvino_model_path(model, int8), feed, args.calls)}
+        if not args.pruned:
+            nncf = nncf_quantize(variants.fp32, data["train"][:8])
+            if nncf is not None:
+                ov_cols["NNCF int8"] = openvino_profile(nncf[0], feed, args.calls)
         print(_table(f"PP-OCRv4 {name}, OpenVINO, batch {batch}", ov_cols, args.top), "\n", flush=True)
     return 0
 

@@ -59,7 +59,8 @@ def test_demo(tmp_path):
     # (interleaved), within 1 point of top-1 on the selection half; the test half is reported
     assert s["target_met"] and chosen["within_budget"] and chosen["metric_drop"] <= 0.01
     assert chosen["speedup"] > 1.2 and not chosen["slower"] and chosen["final_ranking"]
-    assert s["baseline_test_metric"] - chosen["test_metric"] <= 0.02
+    # within 2 points on the test half too (rounded: 0.996 - 0.976 is 0.020000000000000018 in floats)
+    assert round(s["baseline_test_metric"] - chosen["test_metric"], 9) <= 0.02
     assert s["seconds"] < 120
     assert (tmp_path / "demo" / "report.html").exists() and "Chosen:" in proc.stdout
 

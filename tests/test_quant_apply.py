@@ -52,7 +52,8 @@ def test_stats_are_per_chunk_and_round_trip_through_npz(digits, tmp_path):
 
 
 def test_quantized_model_is_int8_accurate_and_runs_with_onednn_int8(digits, tmp_path):
-    from autocompress.model_io import InputGuard, load_model, param_bytes
+    from autocompress.model_io import InputGuard, load_model
+    from autocompress.program.legacy.info import param_bytes
 
     files, model, targets, stats, data = digits
     guard = InputGuard(files)
