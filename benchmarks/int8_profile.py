@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         print(_table(f"PP-OCRv4 {name}, Paddle Inference stock Config, batch {batch}", stock, args.top), "\n")
         from autocompress.backend import openvino_model_path
 
-        ov_cols = {"FP32 (bf16)": openvino_profile(openvino_model_path(variants.fp32, False), feed, args.calls),
+        ov_cols = {"FP32": openvino_profile(openvino_model_path(variants.fp32, False), feed, args.calls),
                    f"ours {label}" + (" (ONNX QDQ)" if int8 else ""):
                        openvino_profile(openvino_model_path(model, int8), feed, args.calls)}
         if not args.pruned:
