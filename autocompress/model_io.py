@@ -235,19 +235,14 @@ def _strip_callstacks(model_path: Path) -> None:
 
 
 def build_metadata(files: ModelFiles, program, feed_names, fetch_vars, scope, extra: dict) -> dict:
-    from .program.legacy.info import count_flops, count_params, param_bytes, var_info
+    from .program.legacy.info import facts
 
-    block = program.global_block()
     meta = {
         "format": files.format,
         "model_filename": files.model_filename,
         "params_filename": files.params_filename,
-        "inputs": [var_info(block, n) for n in feed_names],
-        "outputs": [var_info(block, v.name) for v in fetch_vars],
         "sha256": {p.name: sha256_file(p) for p in files.files()},
-        "params": count_params(program),
-        "param_bytes": param_bytes(program, scope),
-        "flops": count_flops(program, list(feed_names)),
+        **facts(program, feed_names, [v.name for v in fetch_vars], scope),
         "size_bytes": dir_size(files),
         "precision": "fp32",
         "strategy": None,

@@ -20,8 +20,6 @@ from ..program.legacy import quantize as qdq
 log = logging.getLogger("autocompress.quant")
 
 MOVING_RATE = 0.9
-fp32_marked_layers = qdq.fp32_marked_layers
-count_quant_ops = qdq.count_quant_ops
 
 
 def paddle_quant_config(qc) -> dict:

@@ -93,16 +93,21 @@ def count_flops(program, feed_names: list[str], feed_shapes: dict[str, list[int]
     return int(flops)
 
 
+def facts(program, feed_names, fetch_names, scope, feed_shapes: dict[str, list[int]] | None = None) -> dict:
+    """Inputs, outputs, parameter count and bytes, FLOPs of a loaded legacy program."""
+    block = program.global_block()
+    return {"inputs": [var_info(block, n) for n in feed_names],
+            "outputs": [var_info(block, n) for n in fetch_names],
+            "params": count_params(program),
+            "param_bytes": param_bytes(program, scope),
+            "flops": count_flops(program, list(feed_names), feed_shapes)}
+
+
 def summarize(files, feed_shapes: dict[str, list[int]] | None = None) -> dict:
-    """Inputs, outputs, parameter count and bytes, FLOPs of a legacy model."""
+    """`facts` of a legacy model's files."""
     from ...model_io import load_model
     from ...paddle_env import legacy_ir
 
     with legacy_ir():
         model = load_model(files)
-        block = model.program.global_block()
-        return {"inputs": [var_info(block, n) for n in model.feed_names],
-                "outputs": [var_info(block, n) for n in model.fetch_names],
-                "params": count_params(model.program),
-                "param_bytes": param_bytes(model.program, model.scope),
-                "flops": count_flops(model.program, model.feed_names, feed_shapes)}
+        return facts(model.program, model.feed_names, model.fetch_names, model.scope, feed_shapes)
