@@ -101,6 +101,10 @@ class HyperParameterOptimizationConfig(_Config):
         None, description="at most this many int8 layers may be kept in FP32 when the deployed metric misses "
                           "the target; 0 = off; None = automatic (only when a target is missed, cap 10% of "
                           "the int8 layers). See autocompress/quant/fallback.py")
+    fallback_ranking: Literal["cost", "noise"] = Field(
+        "cost", description="order in which the FP32 fallback tries layers: 'cost' = quantization noise per "
+                            "share of the int8 work (cheap noisy layers first: the int8 speed-up is kept); "
+                            "'noise' = quantization noise alone (accuracy first, whatever the layer costs)")
     subset_eval: Optional[float] = Field(
         None, description="evaluate each trial first on this fraction of the eval batches; only trials close to "
                           "the best subset metric get the full evaluation (needs an evaluator that takes `limit`)")

@@ -2,7 +2,7 @@
 model, on Paddle Inference (oneDNN with the int8 switch, and a stock Config) and on OpenVINO (with NNCF's
 int8 beside ours).
 
-    python benchmarks/int8_profile.py [--models det rec cls] [--work DIR] [--calls 10] [--top 12]
+    python benchmarks/int8_profile.py [--models det rec cls] [--work DIR] [--calls 10] [--rounds 3] [--top 12]
                                       [--pruned {1,2} [--ratios FIRST SECOND] [--steps N]]
 
 The int8 model is our PTQ search's output from benchmarks/deployed.py (the same --work folder: made
@@ -11,6 +11,11 @@ K-th ratio instead (`--ratios`, `--steps` as there), FP32 on every runtime. Padd
 per op type; OpenVINO's (`PERF_COUNT`) gives it per node type and kernel precision (the last part of
 its exec type: I8, BF16, FP32). Times are ms per inference at the deployment batch, 1 thread. The
 quantize / dequantize / reorder rows are what int8 adds; the conv rows what it saves.
+
+The models of one runtime are profiled in turn, --rounds times (FP32, compressed, FP32, ...), and each
+op's time is the median over the rounds: one profile of --calls calls moves by 10-40 % per op type when
+anything else runs on the machine, and a single pair of profiles once showed the pruned recognizer's
+depthwise convs 10 % faster where the median of three shows the 24 % their FLOPs predict.
 """
 from __future__ import annotations
 
@@ -82,6 +87,17 @@ def openvino_profile(model, feed: dict, calls: int) -> dict[str, float]:
     return dict(out)
 
 
+def interleaved(profiles: dict, rounds: int) -> dict[str, dict[str, float]]:
+    """`profiles`: column label -> a function returning {op: ms}. Each runs once per round, round by
+    round; the result is each op's median over the rounds (0 in a round where it did not appear)."""
+    runs = {label: [] for label in profiles}
+    for _ in range(rounds):
+        for label, profile in profiles.items():
+            runs[label].append(profile())
+    return {label: {op: float(np.median([r.get(op, 0.0) for r in rs])) for op in set().union(*rs)}
+            for label, rs in runs.items()}
+
+
 def _table(title: str, columns: dict[str, dict[str, float]], top: int) -> str:
     names = list(columns)
     totals = {n: sum(c.values()) for n, c in columns.items()}
@@ -100,7 +116,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["det", "rec", "cls"])
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "results" / "deployed"))
-    ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--calls", type=int, default=10, help="profiled calls per profile")
+    ap.add_argument("--rounds", type=int, default=3, help="profiles per model, interleaved; the median is shown")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--pruned", type=int, choices=(1, 2), help="profile the pruned model at this ratio instead of int8")
     ap.add_argument("--ratios", nargs=2, type=float, metavar=("FIRST", "SECOND"))
@@ -121,21 +138,23 @@ def main(argv=None) -> int:
                 True, "int8"
         batch = spec["deploy_batch"]
         feed = data["feeds"][batch]
-        paddle = {"FP32 oneDNN": paddle_profile(variants.fp32, False, "onednn", feed, args.calls),
-                  f"{label} oneDNN": paddle_profile(model, int8, "onednn", feed, args.calls)}
+        calls, rounds = args.calls, args.rounds
+        paddle = interleaved({"FP32 oneDNN": lambda: paddle_profile(variants.fp32, False, "onednn", feed, calls),
+                              f"{label} oneDNN": lambda: paddle_profile(model, int8, "onednn", feed, calls)}, rounds)
         print(_table(f"PP-OCRv4 {name}, Paddle Inference oneDNN, batch {batch}", paddle, args.top), "\n")
-        stock = {"FP32 stock": paddle_profile(variants.fp32, False, "paddle-cpu", feed, args.calls),
-                 f"{label} stock": paddle_profile(model, False, "paddle-cpu", feed, args.calls)}
+        stock = interleaved({"FP32 stock": lambda: paddle_profile(variants.fp32, False, "paddle-cpu", feed, calls),
+                             f"{label} stock": lambda: paddle_profile(model, False, "paddle-cpu", feed, calls)}, rounds)
         print(_table(f"PP-OCRv4 {name}, Paddle Inference stock Config, batch {batch}", stock, args.top), "\n")
         from autocompress.backend import openvino_model_path
 
-        ov_cols = {"FP32": openvino_profile(openvino_model_path(variants.fp32, False), feed, args.calls),
-                   f"ours {label}" + (" (ONNX QDQ)" if int8 else ""):
-                       openvino_profile(openvino_model_path(model, int8), feed, args.calls)}
+        fp32_ov, ours = openvino_model_path(variants.fp32, False), openvino_model_path(model, int8)
+        ov_profiles = {"FP32": lambda: openvino_profile(fp32_ov, feed, calls),
+                       f"ours {label}" + (" (ONNX QDQ)" if int8 else ""): lambda: openvino_profile(ours, feed, calls)}
         if not args.pruned:
             nncf = nncf_quantize(variants.fp32, data["train"][:8])
             if nncf is not None:
-                ov_cols["NNCF int8"] = openvino_profile(nncf[0], feed, args.calls)
+                ov_profiles["NNCF int8"] = lambda: openvino_profile(nncf[0], feed, calls)
+        ov_cols = interleaved(ov_profiles, rounds)
         print(_table(f"PP-OCRv4 {name}, OpenVINO, batch {batch}", ov_cols, args.top), "\n", flush=True)
     return 0
 

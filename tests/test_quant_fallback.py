@@ -9,7 +9,7 @@ import pytest
 from autocompress.config import HyperParameterOptimizationConfig, QuantizationConfig
 from autocompress.model_io import locate_model
 from autocompress.paddle_env import legacy_ir
-from autocompress.quant.fallback import fallback_plan, group_sizes, rank_layers, relative_noise
+from autocompress.quant.fallback import fallback_plan, group_sizes, layer_costs, rank_layers, relative_noise
 from autocompress.quant.ptq_search import MODEL_SUBDIR, TRIALS_FILE, run_ptq_search
 from test_quant_fixtures import calib_batches, top1_evaluator
 
@@ -205,6 +205,52 @@ def test_ranking_and_plan_are_cheap_and_documented(digits_files, digits_data):
     assert [next(sizes) for _ in range(5)] == [1, 1, 2, 4, 6]
 
 
+def test_fallback_ranks_by_noise_per_cost(digits_files, digits_data):
+    """Of two equally noisy layers the cheaper one goes to FP32 first; costs are work shares."""
+    from autocompress.model_io import load_model
+    from autocompress.quant.calibration import collect_stats
+    from autocompress.quant.targets import Layer, find_targets, int8_layers
+    from autocompress.quant.thresholds import compute_thresholds
+
+    with legacy_ir():
+        model = load_model(digits_files)
+        targets = find_targets(model.program, QuantizationConfig())
+        layers = int8_layers(model.program, targets)
+        stats = collect_stats(model, calib_batches(digits_data["calib"][0]), targets, chunk_size=10)
+        block = model.program.global_block()
+        shapes = {w: tuple(block.var(w).shape) for layer in layers for w in layer.weights}
+    costs = layer_costs(layers, stats, shapes)
+    assert set(costs) == {layer.key for layer in layers} and sum(costs.values()) == pytest.approx(1.0)
+    by_type = {}
+    for layer in layers:
+        by_type.setdefault(layer.op_type, []).append(costs[layer.key])
+    # a conv's multiply-accumulates outweigh the elements a pool reads and writes
+    assert max(by_type["conv2d"]) > 10 * max(by_type["pool2d"])
+    # every element of every calibration sample is counted: the first conv's output holds
+    # samples x C x H x W of them, and its cost relative to a pool's is MACs against elements moved
+    first = next(layer for layer in layers if layer.op_type == "conv2d")
+    pool = next(layer for layer in layers if layer.op_type == "pool2d")
+    samples = int(stats.chunk_samples.sum())
+    with legacy_ir():
+        out_shape = block.var(first.outputs[0]).shape
+    out_elements = samples * int(np.prod(out_shape[1:]))
+    assert stats.hist[stats.index()[first.outputs[0]]].sum() == out_elements
+    w = shapes[first.weights[0]]
+    pool_elements = sum(int(stats.hist[stats.index()[n]].sum()) for n in set(pool.activations + pool.outputs))
+    assert costs[first.key] / costs[pool.key] == pytest.approx(out_elements * w[1] * w[2] * w[3] / pool_elements)
+    # equal noise: the cheap layer first; ten times the noise: the expensive one first
+    cheap, dear = Layer("cheap", "pool2d", False, ["a"], [], []), Layer("dear", "conv2d", True, ["b"], [], [])
+    from autocompress.quant.calibration import CalibrationStats
+
+    flat = CalibrationStats(["a", "b"], np.array([1]), np.ones((2, 1)), np.ones((2, 1)),
+                            np.ones((2, 1, 2048), np.uint32), np.ones(2, np.float32), {})
+    th = {"a": 0.5, "b": 0.5}
+    assert [k for k, _ in rank_layers([dear, cheap], flat, th, 8, {}, {"cheap": 0.05, "dear": 0.95})] == ["cheap", "dear"]
+    assert [k for k, _ in rank_layers([dear, cheap], flat, th, 8, {}, None)] == ["dear", "cheap"]  # tie: program order
+    noisy = {"a": 0.99, "b": 0.05}  # clipping "b" at 5 % of its range: far noisier
+    assert [k for k, _ in rank_layers([dear, cheap], flat, noisy, 8, {}, {"cheap": 0.05, "dear": 0.95})][0] == "dear"
+
+
 def test_fp32_fallback_must_be_non_negative():
     from autocompress.errors import ConfigError
 
@@ -212,3 +258,20 @@ def test_fp32_fallback_must_be_non_negative():
     assert HyperParameterOptimizationConfig(fp32_fallback=0).fp32_fallback == 0
     with pytest.raises((ValueError, ConfigError), match=">= 0"):
         HyperParameterOptimizationConfig(fp32_fallback=-1)
+
+
+def test_changing_only_the_fallback_keeps_the_search_trials(digits_files):
+    """A rerun that changes the finalists, the fallback cap or its ranking reuses the trial log."""
+    from autocompress.quant.calibration import CalibrationStats
+    from autocompress.quant.ptq_search import _fingerprint
+
+    stats = CalibrationStats(["a"], np.array([1]), np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1, 8), np.uint32),
+                             np.ones(1, np.float32), {})
+
+    def fingerprint(**hpo):
+        return _fingerprint(digits_files, stats, QuantizationConfig(), HyperParameterOptimizationConfig(**hpo),
+                            None, 0.9, None, "cpu")
+
+    base = fingerprint()
+    assert fingerprint(fp32_fallback=3, fallback_ranking="noise", finalists=1) == base
+    assert fingerprint(ptq_algo=["avg"]) != base and fingerprint(hist_percent=[0.9]) != base

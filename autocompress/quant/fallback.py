@@ -6,11 +6,15 @@ of which the simulated (executor) model does. So after the finalists, when the s
 deployed metric misses the target, this module
 
 1. lists the ops that run in int8 when deployed (`targets.int8_layers`: quantized layers and the
-   oneDNN-only int8 ops) and ranks them by a proxy read off the calibration statistics: the relative
-   quantization noise (noise power / signal power) of each op's input and output tensors at the
-   trial's thresholds, plus that of its int8 weights. No model run: ~0.1 s on PP-OCRv4 (why: a
-   measured per-layer ranking needs one template + oneDNN predictor + evaluation per layer, ~15 s
-   each on PP-OCRv4 with ~200 candidates, far over the 1-2 minute budget);
+   oneDNN-only int8 ops) and ranks them by accuracy gained per speed given up, both read off the
+   calibration statistics. The gain is the relative quantization noise (noise power / signal power)
+   of each op's input and output tensors at the trial's thresholds, plus that of its int8 weights.
+   The cost is the layer's share of the int8 work (`layer_costs`: multiply-accumulates of a conv or
+   matmul, tensor elements of the rest) plus an even share for the reorders every FP32 island adds,
+   so of two equally noisy layers the cheap one goes to FP32 first and a big conv only when it is
+   much noisier. No model run: ~0.1 s on PP-OCRv4 (why: a measured per-layer ranking needs one
+   template + oneDNN predictor + evaluation per layer, ~15 s each on PP-OCRv4 with ~200 candidates,
+   far over the 1-2 minute budget);
 2. greedily keeps the top-ranked layers in FP32, in growing groups (1, 1, 2, 4, ... layers), and
    measures each step's *deployed* metric; a group is kept only when it raises the metric (FP32
    layers cost speed), and the search stops once the target is met, the cap is reached, or
@@ -85,10 +89,38 @@ def weight_noise(template, bias_correct: bool) -> dict[str, float]:
     return out
 
 
+def layer_costs(layers: list[Layer], stats: CalibrationStats, weight_shapes: dict[str, tuple]) -> dict[str, float]:
+    """Layer key -> its share of the int8 work (shares sum to 1). A layer with weights costs its
+    multiply-accumulates: output elements x the weight's fan-in (conv [O, I/g, kh, kw]: I/g*kh*kw;
+    matmul [K, N]: K). The others (pool, add, concat...) are memory-bound: they cost the elements they
+    read and write. Element counts come from the calibration histograms, which count every element
+    of every calibration sample, so no shape inference is needed (the recognizer's width is dynamic)."""
+    index = stats.index()
+
+    def elements(names) -> float:
+        return float(sum(stats.hist[index[n]].sum(dtype=np.int64) for n in names if n in index))
+
+    raw = {}
+    for layer in layers:
+        fan_in = 0
+        for w in layer.weights:
+            shape = weight_shapes.get(w)
+            if shape:
+                fan_in += int(np.prod(shape[1:])) if len(shape) == 4 else int(shape[0])
+        if fan_in:
+            raw[layer.key] = elements(layer.outputs or layer.activations) * fan_in
+        else:
+            raw[layer.key] = elements(set(layer.activations + layer.outputs))
+    total = sum(raw.values())
+    return {k: (v / total if total > 0 else 1.0 / max(len(raw), 1)) for k, v in raw.items()}
+
+
 def rank_layers(layers: list[Layer], stats: CalibrationStats, thresholds: dict[str, float], bits: int,
-                weights: dict[str, float]) -> list[tuple[str, float]]:
-    """[(layer key, score)], most sensitive first; score = summed relative noise of its quantization
-    points (inputs, outputs, weights). Ties keep program order."""
+                weights: dict[str, float], costs: dict[str, float] | None = None) -> list[tuple[str, float]]:
+    """[(layer key, score)], best FP32 candidate first. noise = summed relative noise of the layer's
+    quantization points (inputs, outputs, weights); score = noise without `costs`, else noise per
+    cost, cost = the layer's work share (`layer_costs`) + 1/len(layers) (the reorders an FP32 island
+    adds, about the same for every layer). Ties keep program order."""
     index = stats.index()
     names = sorted({n for layer in layers for n in layer.activations + layer.outputs if n in index})
     rows = np.array([index[n] for n in names], int)
@@ -100,6 +132,9 @@ def rank_layers(layers: list[Layer], stats: CalibrationStats, thresholds: dict[s
         noise = dict(zip(names, values))
     scored = [(layer.key, float(sum(noise.get(n, 0.0) for n in set(layer.activations + layer.outputs))
                                 + sum(weights.get(w, 0.0) for w in layer.weights))) for layer in layers]
+    if costs is not None:
+        island = 1.0 / max(len(layers), 1)
+        scored = [(key, score / (costs.get(key, island) + island)) for key, score in scored]
     order = sorted(range(len(scored)), key=lambda i: (-scored[i][1], i))
     return [scored[i] for i in order]
 
@@ -117,8 +152,9 @@ def group_sizes(cap: int):
 
 
 def run_fallback(runner, trial, measure, save, plan: tuple[int, float], work_dir: Path,
-                 progress: bool = False) -> dict:
-    """Greedy FP32 fallback for `trial` (a finalist with a deployed metric).
+                 progress: bool = False, by_cost: bool = True) -> dict:
+    """Greedy FP32 fallback for `trial` (a finalist with a deployed metric). by_cost: rank by noise per
+    work share (`fallback_ranking: cost`), else by noise alone.
 
     runner: search.TrialRunner. measure(files) -> deployed metric. save(qmodel, out_dir) -> ModelFiles.
     Returns {fp32_layers, metric, steps, candidates, cap, target, seconds, qmodel (best or None)}.
@@ -127,8 +163,10 @@ def run_fallback(runner, trial, measure, save, plan: tuple[int, float], work_dir
     thresholds = runner.thresholds(trial.config)
     template = runner.template(trial.config.weight_quantize_type)
     layers = int8_layers(runner.model.program, runner.targets)
+    costs = layer_costs(layers, runner.stats, {name: w.shape for name, (w, _) in template.weights.items()}) \
+        if by_cost else None
     ranked = rank_layers(layers, runner.stats, thresholds, runner.bits,
-                         weight_noise(template, bool(trial.config.bias_correct)))
+                         weight_noise(template, bool(trial.config.bias_correct)), costs)
 
     def attempt(layers: list[str], step_dir: Path):
         qmodel = runner.build(trial.config, fp32_layers=layers)

@@ -89,7 +89,7 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
             _search(runner, space, hcfg, evaluator, state, progress)
             if deploy_eval and state.best is not None:
                 _finalists(runner, state, evaluator, hcfg.finalists, threads)
-                _fallback(runner, state, evaluator, hcfg.fp32_fallback, target_metric, threads, progress)
+                _fallback(runner, state, evaluator, hcfg, target_metric, threads, progress)
             elif hcfg.fp32_fallback:
                 state.warnings.append("fp32_fallback needs the deployed metric, but deploy_eval is off (or the "
                                       "eval_callback has the PaddleSlim signature); the model stays fully int8")
@@ -168,9 +168,14 @@ def _halving(fraction, evaluator, counter) -> tuple[_Halving | None, str | None]
     return None, note
 
 
+AFTER_TRIALS = {"finalists", "fp32_fallback", "fallback_ranking"}  # HPO fields that never change a trial's metric
+
+
 def _fingerprint(model_files, stats, qcfg, hcfg, evaluator, baseline, halving, place) -> str:
     """What decides every trial's metric: a trial log with another fingerprint is never reused. An
-    eval function is known by its evaluator mode, batch count and the baseline it gave."""
+    eval function is known by its evaluator mode, batch count and the baseline it gave. The finalists,
+    the FP32 fallback and its ranking come after the trials and are measured again on every run, so
+    changing them keeps the trials."""
     import hashlib
     import json
 
@@ -181,7 +186,7 @@ def _fingerprint(model_files, stats, qcfg, hcfg, evaluator, baseline, halving, p
     from ..version import __version__
 
     facts = {"model": {p.name: sha256_file(p) for p in model_files.files()}, "quant": qcfg.model_dump(mode="json"),
-             "hpo": hcfg.model_dump(mode="json"), "baseline": baseline, "place": str(place),
+             "hpo": hcfg.model_dump(mode="json", exclude=AFTER_TRIALS), "baseline": baseline, "place": str(place),
              "evaluator": [type(evaluator).__name__, getattr(evaluator, "mode", None), _known_batches(evaluator)],
              "halving": [halving.limit, halving.total] if halving else None, "names": list(stats.names),
              "paddle": paddle.__version__, "autocompress": __version__}
@@ -366,14 +371,14 @@ def _finalists(runner: TrialRunner, state: _SearchState, evaluator, count: int, 
     state.model_files = state.save(best, runner.build(best.config), state.save_dir / MODEL_SUBDIR)
 
 
-def _fallback(runner: TrialRunner, state: _SearchState, evaluator, setting, target_metric, threads: int,
+def _fallback(runner: TrialRunner, state: _SearchState, evaluator, hcfg, target_metric, threads: int,
               progress: bool) -> None:
     """Keep sensitive layers of the selected finalist in FP32 when its deployed metric misses the target."""
     from .fallback import WORK_SUBDIR, fallback_plan, run_fallback, summary_line
     from .targets import int8_layers
 
     trial = state.selected
-    plan = fallback_plan(setting, len(int8_layers(runner.model.program, runner.targets)), trial.deployed_metric,
+    plan = fallback_plan(hcfg.fp32_fallback, len(int8_layers(runner.model.program, runner.targets)), trial.deployed_metric,
                          target_metric, state.baseline_deployed)
     if plan is None:
         return
@@ -384,7 +389,8 @@ def _fallback(runner: TrialRunner, state: _SearchState, evaluator, setting, targ
     def save(qmodel, out_dir):
         return state.save(trial, qmodel, out_dir, fp32_layers=[])
 
-    info = run_fallback(runner, trial, measure, save, plan, state.save_dir / WORK_SUBDIR, progress)
+    info = run_fallback(runner, trial, measure, save, plan, state.save_dir / WORK_SUBDIR, progress,
+                        by_cost=hcfg.fallback_ranking == "cost")
     state.fallback_seconds = info["seconds"]
     trial.fallback_steps = info["steps"]
     state.warnings.append(summary_line(info, trial.deployed_metric))
