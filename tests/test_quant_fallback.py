@@ -175,17 +175,25 @@ def test_every_layer_in_fp32_deploys_like_the_fp32_model(digits_files, digits_da
     assert evaluate(inference_predictor(only_quantized, int8=True)) < 0.2
 
 
-def test_ranking_and_plan_are_cheap_and_documented(digits_files, digits_data):
+@pytest.fixture(scope="module")
+def digits_int8(digits_files, digits_data):
+    """(loaded digits model, its int8 layers, calibration statistics)."""
     from autocompress.model_io import load_model
     from autocompress.quant.calibration import collect_stats
     from autocompress.quant.targets import find_targets, int8_layers
-    from autocompress.quant.thresholds import compute_thresholds
 
     with legacy_ir():
         model = load_model(digits_files)
         targets = find_targets(model.program, QuantizationConfig())
         layers = int8_layers(model.program, targets)
         stats = collect_stats(model, calib_batches(digits_data["calib"][0]), targets, chunk_size=10)
+    return model, layers, stats
+
+
+def test_ranking_and_plan_are_cheap_and_documented(digits_int8):
+    from autocompress.quant.thresholds import compute_thresholds
+
+    _, layers, stats = digits_int8
     tight = rank_layers(layers, stats, compute_thresholds(stats, "abs_max"), 8, {})
     clipped = rank_layers(layers, stats, compute_thresholds(stats, "hist", hist_percent=0.5), 8, {})
     assert len(tight) == len(layers) == 10
@@ -205,18 +213,12 @@ def test_ranking_and_plan_are_cheap_and_documented(digits_files, digits_data):
     assert [next(sizes) for _ in range(5)] == [1, 1, 2, 4, 6]
 
 
-def test_fallback_ranks_by_noise_per_cost(digits_files, digits_data):
+def test_fallback_ranks_by_noise_per_cost(digits_int8):
     """Of two equally noisy layers the cheaper one goes to FP32 first; costs are work shares."""
-    from autocompress.model_io import load_model
-    from autocompress.quant.calibration import collect_stats
-    from autocompress.quant.targets import Layer, find_targets, int8_layers
-    from autocompress.quant.thresholds import compute_thresholds
+    from autocompress.quant.targets import Layer
 
+    model, layers, stats = digits_int8
     with legacy_ir():
-        model = load_model(digits_files)
-        targets = find_targets(model.program, QuantizationConfig())
-        layers = int8_layers(model.program, targets)
-        stats = collect_stats(model, calib_batches(digits_data["calib"][0]), targets, chunk_size=10)
         block = model.program.global_block()
         shapes = {w: tuple(block.var(w).shape) for layer in layers for w in layer.weights}
     costs = layer_costs(layers, stats, shapes)
