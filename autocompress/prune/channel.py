@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import PruneConfig, build
 from ..errors import ConfigError, ModelError
+from ..program.legacy.params import read_param, write_param
 from .graph import ChannelGraph, _is_param, analyze, removed_positions
 
 log = logging.getLogger("autocompress.prune")
@@ -54,11 +55,6 @@ class ChannelPlan:
                 for name, sid in self.targets.items()}
 
 
-def _tensor(scope, name) -> np.ndarray:
-    var = scope.find_var(name)
-    if var is None:
-        raise ModelError(f"parameter {name} is in the program but not in the loaded weights; re-export the model")
-    return np.array(var.get_tensor())
 
 
 def _norm_rows(w: np.ndarray, axis: int) -> np.ndarray:
@@ -77,7 +73,7 @@ def channel_scores(graph: ChannelGraph, scope, space: int, criterion: str, stats
             if ref.role != "consumer" or ref.op_index not in stats.std:
                 continue
             pos = _channel_positions(ref.segments, space)  # [C, entries per channel]
-            rows = _norm_rows(_tensor(scope, ref.param), ref.axis)
+            rows = _norm_rows(read_param(scope, ref.param), ref.axis)
             score = np.sqrt((stats.std[ref.op_index][pos] ** 2 * (rows[pos] ** 2).sum(axis=-1)).sum(axis=1))
             total += score / (score.sum() + 1e-12)
         return total
@@ -86,9 +82,9 @@ def channel_scores(graph: ChannelGraph, scope, space: int, criterion: str, stats
             bn = graph.following_bn.get(ref.param)
             if bn is None:
                 continue  # checked by the caller, which names the layer
-            score = np.abs(_tensor(scope, bn).astype(np.float64))
+            score = np.abs(read_param(scope, bn).astype(np.float64))
         else:
-            rows = _norm_rows(_tensor(scope, ref.param), ref.axis)
+            rows = _norm_rows(read_param(scope, ref.param), ref.axis)
             if criterion == "l1_norm":
                 score = np.abs(rows).sum(axis=1)
             else:  # geometry_median: filters close to all others are replaceable (FPGM)
@@ -172,10 +168,6 @@ def plan_pruning(graph: ChannelGraph, scope, targets: dict[str, int], ratio: flo
         scores = channel_scores(graph, scope, sid, criterion, stats)
         removed[sid] = np.sort(np.argsort(scores, kind="stable")[:n]).astype(np.int64)
     return ChannelPlan(removed, channels, dict(targets))
-
-
-def _set_tensor(scope, name, arr, place):
-    scope.find_var(name).get_tensor().set(np.ascontiguousarray(arr), place)
 
 
 def apply_plan(program, scope, graph: ChannelGraph, plan: ChannelPlan, place=None) -> None:
@@ -284,7 +276,7 @@ def compensate_means(scope, graph: ChannelGraph, plan: ChannelPlan, means: dict,
         if target is None:
             skipped.append(ref.param)
             continue
-        w = _tensor(scope, ref.param).astype(np.float64)
+        w = read_param(scope, ref.param).astype(np.float64)
         mean = np.asarray(means[ref.op_index])[pos]
         if op.type == "conv2d":  # [out, in, kh, kw]
             delta = np.einsum("oi,i->o", w[:, pos].sum(axis=(2, 3)), mean)
@@ -296,9 +288,9 @@ def compensate_means(scope, graph: ChannelGraph, plan: ChannelPlan, means: dict,
             rows = w[pos] if ref.axis == 0 else w[:, pos].T
             delta = mean @ rows
         kind, param = target
-        arr = _tensor(scope, param)
+        arr = read_param(scope, param)
         arr = (arr.reshape(-1) + (delta if kind == "bias" else -delta)).astype(arr.dtype).reshape(arr.shape)
-        _set_tensor(scope, param, arr, place)
+        write_param(scope, param, arr, place)
     return skipped
 
 
@@ -313,11 +305,11 @@ def zero_pruned_inputs(scope, graph: ChannelGraph, plan: ChannelPlan, place=None
             continue
         pos = removed_positions(ref.segments, plan.removed)
         if len(pos):
-            arr = _tensor(scope, ref.param)
+            arr = read_param(scope, ref.param)
             index = [slice(None)] * arr.ndim
             index[ref.axis] = pos
             arr[tuple(index)] = 0
-            _set_tensor(scope, ref.param, arr, place)
+            write_param(scope, ref.param, arr, place)
 
 
 def prune_loaded(model, config, place=None, calib=None):

@@ -13,19 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-
-
-def read_param(scope, name) -> np.ndarray:
-    var = scope.find_var(name)
-    if var is None or not var.get_tensor()._is_initialized():
-        raise ModelError(f"parameter {name} has no value in the scope; was the model loaded into this scope?")
-    return np.array(var.get_tensor())
-
-
-def write_param(scope, name, value: np.ndarray, place=None) -> None:
-    import paddle
-
-    scope.find_var(name).get_tensor().set(np.ascontiguousarray(value), place or paddle.CPUPlace())
+from ..program.legacy.params import read_param, write_param
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelError
+from .params import read_param, write_param
 
 
 def remove_channels(program, scope, removals: dict[str, dict[int, np.ndarray]], *, depthwise_ops=(),
@@ -24,10 +25,10 @@ def remove_channels(program, scope, removals: dict[str, dict[int, np.ndarray]], 
     place = place or paddle.CPUPlace()
     block = program.global_block()
     for name, axes in removals.items():
-        arr = np.array(scope.find_var(name).get_tensor())
+        arr = read_param(scope, name)
         for axis, pos in axes.items():
             arr = np.delete(arr, pos, axis=axis)
-        scope.find_var(name).get_tensor().set(np.ascontiguousarray(arr), place)
+        write_param(scope, name, arr, place)
         block.var(name).desc.set_shape(list(arr.shape))
     depthwise, flatten, views = set(depthwise_ops), set(flatten_reshapes), dict(view_reshapes or {})
     for idx, op in enumerate(block.ops):
