@@ -5,9 +5,10 @@
 Paddle's `convert` adds an observer pair (`only_observer`) on the output of every op it records a scale
 for. Stock Paddle runs them as pass-through, as QAT trained; oneDNN, ONNX Runtime and OpenVINO quantize
 each one. This takes the QAT model of benchmarks/deployed.py (the same --work folder: made there, or
-here when absent) and measures three programs with the same weights on each runtime: as exported, with
-every observer pair removed, and with only the pairs on conv / matmul / batch-norm outputs kept (the
-ones the int8 convs chain through). Held-out metric and speed-up against FP32 at the deployment batch,
+here when absent) and measures programs with the same weights on each runtime: as exported, with
+every observer pair removed, with only the pairs on conv / matmul / batch-norm outputs kept (the
+ones the int8 convs chain through), and with every observer scale calibrated again on 8 training
+batches in inference mode (`quant.qat.recalibrate_observers`, one row per --recalibrate algorithm). Held-out metric and speed-up against FP32 at the deployment batch,
 interleaved, 1 thread.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -43,11 +46,28 @@ def without_observers(files, out_dir: Path, keep_after: set[str]):
         return save_model(model, out_dir, {"precision": "int8"}), len(observers)
 
 
+def recalibrated(files, calib, out_dir: Path, algo: str):
+    """The model with every observer pair's scale calibrated again on `calib` (quant.qat.recalibrate_observers)."""
+    from autocompress.model_io import load_model, save_model
+    from autocompress.paddle_env import legacy_ir
+    from autocompress.quant.qat import recalibrate_observers
+
+    with legacy_ir():
+        model = load_model(files)
+        changed = recalibrate_observers(model, calib, algo)
+        ratios = [new / old for old, new in changed.values() if old]
+        print(f"{algo}: {len(changed)} observer scales, new / old: median {np.median(ratios):.3f}, "
+              f"min {min(ratios):.3f}, max {max(ratios):.3f}", file=sys.stderr)
+        return save_model(model, out_dir, {"precision": "int8"}), len(changed)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", choices=["rec", "det"], default=["rec"])
     ap.add_argument("--runtimes", nargs="+", default=["onednn", "openvino", "onnxruntime"])
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "results" / "deployed"))
+    ap.add_argument("--recalibrate", nargs="*", default=["avg", "abs_max", "hist"],
+                    help="also measure the model with its observer scales calibrated again by these algorithms")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from autocompress.backend import DeployTarget, compare_predictors, inference_predictor
@@ -64,6 +84,9 @@ def main(argv=None) -> int:
         chain, n_dropped = without_observers(qat["files"], work / name / "qat-chain-observers", CHAIN_OPS)
         programs = [("as exported", qat["files"], n_all), ("no observer pairs", none, 0),
                     ("pairs on conv / matmul / BN outputs only", chain, n_all - n_dropped)]
+        for algo in args.recalibrate:
+            files, n = recalibrated(qat["files"], data["train"][:8], work / name / f"qat-observers-{algo}", algo)
+            programs.append((f"observer scales recalibrated ({algo})", files, n))
         cells = {label: [] for label, _, _ in programs}
         batch = max(data["feeds"])
         for runtime in args.runtimes:

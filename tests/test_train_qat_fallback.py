@@ -125,6 +125,35 @@ def test_fallback_recovers_what_only_onednn_breaks(qat_model, digits_data):
     assert sum(dt == "int8" for _, dt, _, _ in ops) >= 5                  # the rest stays int8
 
 
+def test_recalibrated_observer_scales_restore_what_only_onednn_breaks(qat_model, digits_data):
+    """recalibrate_observers sets every observer scale from the trained model in inference mode: the
+    sabotaged one goes back to its tensor's calibrated range and oneDNN int8 to the simulated metric."""
+    from autocompress.model_io import load_model, save_model
+    from autocompress.program.legacy.quantize import observer_scales, scale_values
+    from autocompress.quant.qat import recalibrate_observers
+
+    result, work = qat_model
+    x, y = digits_data["eval"]
+    bad = _sabotage(result["model_files"], work / "bad-observers")
+    assert predict_accuracy(bad, x, y, int8=True) <= 0.2
+    calib = [{"x": x[i:i + 50]} for i in range(0, 200, 50)]
+    with legacy_ir() as paddle:
+        model = load_model(bad)
+        observed = observer_scales(model.program)
+        assert SABOTAGED in observed and len(observed) >= 5
+        changed = recalibrate_observers(model, calib, "abs_max")
+        assert set(changed) == set(observed)
+        with paddle.static.scope_guard(model.scope):
+            [relu] = model.executor.run(model.program, feed={"x": np.concatenate([c["x"] for c in calib])},
+                                        fetch_list=[SABOTAGED])
+        old, new = changed[SABOTAGED]
+        assert new == pytest.approx(float(np.abs(relu).max()), rel=1e-5)   # abs_max of the calibration data
+        assert new == pytest.approx(old / 0.05, rel=0.5)                    # back near the trained range
+        assert scale_values(model.program, model.scope)[SABOTAGED] == pytest.approx(new)
+        fixed = save_model(model, work / "recalibrated", {"precision": "int8", "strategy": "test-recalibrated"})
+    assert predict_accuracy(fixed, x, y, int8=True) >= predict_accuracy(bad, x, y) - 0.02
+
+
 def test_keep_fp32_rejects_unknown_layers(qat_model):
     from autocompress.errors import ConfigError
     from autocompress.model_io import load_model

@@ -65,3 +65,31 @@ def convert_for_inference(eval_program, scope, place, qc):
     # form oneDNN's placement pass honours (it would run them int8 from their neighbours' observer scales)
     return qdq.convert_for_inference(eval_program, scope, place, int(qc.activation_bits),
                                      held_op_types=held_op_types(quant_op_tables(qc)[0]))
+
+
+def recalibrate_observers(model, calib, algo: str = "avg", hist_percent: float = 0.9999) -> dict[str, tuple]:
+    """Replace the observer pairs' scales of a converted QAT model (a LoadedModel, edited in its scope)
+    by thresholds calibrated on `calib` with the trained weights, in inference mode.
+
+    Why: QAT trains through the fake quantization of conv / matmul inputs only. The observer pairs
+    that convert adds on every other op output (adds, softmax, layer norm...) were never trained
+    against; their scales are moving averages of training batches (batch-norm in training mode, weights
+    still moving). Stock Paddle runs them as pass-through; oneDNN, ONNX Runtime and OpenVINO quantize
+    with them. Returns {tensor: (old scale, new scale)}."""
+    import paddle
+
+    from ..program.legacy.quantize import observer_scales, scale_values, set_scales
+    from .calibration import collect_stats
+    from .targets import QuantTargets
+    from .thresholds import compute_thresholds
+
+    observed = observer_scales(model.program)
+    if not observed:
+        return {}
+    names = list(observed)
+    stats = collect_stats(model, calib, QuantTargets([], [], [], [], names, {}))
+    new = compute_thresholds(stats, algo, hist_percent=hist_percent)
+    old = scale_values(model.program, model.scope)
+    set_scales(model.scope, {observed[n]: new[n] for n in names},
+               getattr(model.executor, "place", None) or paddle.CPUPlace())
+    return {n: (old.get(n), new[n]) for n in names}

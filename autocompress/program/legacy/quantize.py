@@ -261,6 +261,23 @@ def scale_values(program, scope) -> dict[str, float]:
     return out
 
 
+def observer_scales(program) -> dict[str, str]:
+    """Observed tensor -> the scale variable of its observer pair: the `only_observer` quantize_linear
+    that Paddle's convert puts on op outputs (its dequantize reads the same scale)."""
+    block = program.global_block()
+    return {op.input("X")[0]: op.input("Scale")[0] for op in block.ops
+            if op.type == "quantize_linear" and op.has_attr("only_observer") and op.attr("only_observer")
+            and not is_persistable(block, op.input("X")[0])}
+
+
+def set_scales(scope, values: dict[str, float], place) -> None:
+    """Write per-tensor scales (scale variable -> value) into `scope`, keeping each variable's dtype."""
+    for name, value in values.items():
+        tensor = scope.find_var(name).get_tensor()
+        old = np.array(tensor)
+        tensor.set(np.full(old.shape, value, dtype=old.dtype), place)
+
+
 def keep_fp32(program, keys, quantized_types) -> None:
     """Edit a converted program (a clone) so the ops named by `keys` run in FP32 when deployed: they get
     the integer skip_quant = 1, read their inputs before the quantize/dequantize pair, and the observer
