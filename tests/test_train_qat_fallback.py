@@ -187,3 +187,17 @@ def test_automatic_fallback_runs_when_the_target_is_missed(digits_files, digits_
     assert result["deployed_metric"] == result["int8_deployed_metric"] == pytest.approx(0.992, abs=0.006)
     assert result["deployed_metric"] == pytest.approx(predict_accuracy(result["model_files"], x, y, int8=True))
     assert "without improving the deployed metric" in result["warnings"][0]
+
+
+@pytest.mark.parametrize("quant_config", [None, {"deploy_backend": "tensorrt"}])
+def test_fp32_fallback_without_onednn_qat_is_refused_before_training(digits_files, digits_data, tmp_path,
+                                                                      quant_config):
+    """The fallback measures oneDNN int8 only: asked for elsewhere it used to be logged as ignored after
+    the whole training had run; now it is a ConfigError that names the fix, and nothing is trained."""
+    from autocompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="deploy_backend 'onednn'"):
+        run_distill(digits_files, train_source(digits_data["train"][0]), top1_evaluator(*digits_data["eval"]), {},
+                    TRAIN, tmp_path,
+                    quant_config=quant_config, fp32_fallback=4)
+    assert not any(tmp_path.iterdir())

@@ -89,6 +89,11 @@ def _run(model_files, specs, train_source, evaluator, train_config, save_dir, pl
          strategy, train_kwargs, fp32_fallback=None) -> dict:
     from ..paddle_env import legacy_ir
 
+    if fp32_fallback and (qc is None or qc.deploy_backend != "onednn"):
+        # Refused before training, not warned about after it: the fallback measures oneDNN int8 only.
+        raise ConfigError(f"fp32_fallback={fp32_fallback} needs QAT (quant_config) with QuantizationConfig."
+                          "deploy_backend 'onednn', the one backend this process can run; drop fp32_fallback "
+                          "or set deploy_backend: onednn")
     save_dir = Path(save_dir)
     guards = [InputGuard(model_files)] + [InputGuard(s[0]) for s in specs]
     with legacy_ir():
@@ -127,9 +132,6 @@ def _deployed(out: ModelFiles, evaluator, qc, setting, train_config, result: Tra
     """QAT only: the deployed (oneDNN int8) metric and the FP32 fallback (train/qat_fallback.py).
     Skipped for TensorRT/none backends: this process can only run the oneDNN backend."""
     if qc is None or qc.deploy_backend != "onednn":
-        if setting:
-            log.warning("fp32_fallback=%s ignored: it needs QAT with QuantizationConfig.deploy_backend 'onednn'",
-                        setting)
         return {}
     from ..config import TrainConfig
     from ..model_io import read_metadata
