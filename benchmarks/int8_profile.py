@@ -9,7 +9,9 @@ The int8 model is our PTQ search's output from benchmarks/deployed.py (the same 
 there, or here when absent); with --pruned K the compared model is deployed.py's pruned model at its
 K-th ratio instead (`--ratios`, `--steps` as there), FP32 on every runtime. Paddle Inference's own profiler (`Config.enable_profile`) gives the time
 per op type; OpenVINO's (`PERF_COUNT`) gives it per node type and kernel precision (the last part of
-its exec type: I8, BF16, FP32). Times are ms per inference at the deployment batch, 1 thread. The
+its exec type: I8, BF16, FP32). Times are ms per warm inference at the deployment batch, 1 thread (Paddle's
+profiler counts from the predictor's creation, so a profile of the first 2 calls, 2-3x slower with
+oneDNN's primitive creation, is subtracted; earlier versions averaged them in). The
 quantize / dequantize / reorder rows are what int8 adds; the conv rows what it saves.
 
 The models of one runtime are profiled in turn, --rounds times (FP32, compressed, FP32, ...), and each
@@ -40,8 +42,16 @@ EVENT = re.compile(r"^thread\d+::(\S+)\s+(\d+)\s+([\d.]+)")
 
 
 def paddle_profile(files, int8: bool, runtime: str, feed: dict, calls: int) -> dict[str, float]:
-    """ms per inference by op type, from Paddle Inference's profiler (it prints when the predictor is
-    destroyed, to fd 1: captured here)."""
+    """ms per warm inference by op type, from Paddle Inference's profiler. Its totals start at the
+    predictor's creation and include the first calls (oneDNN primitive creation, allocation), so a
+    profile of 2 calls is subtracted from one of calls + 2: what is left is `calls` warm calls."""
+    warm, cold = (_paddle_op_totals(files, int8, runtime, feed, n) for n in (calls + 2, 2))
+    return {op: max(ms - cold.get(op, 0.0), 0.0) / calls for op, ms in warm.items()}
+
+
+def _paddle_op_totals(files, int8: bool, runtime: str, feed: dict, runs: int) -> dict[str, float]:
+    """Total ms by op type over a new predictor's first `runs` calls (the profiler prints when the
+    predictor is destroyed, to fd 1: captured here)."""
     from paddle import inference
 
     from autocompress.backend import DeployTarget, _config, _quiet_native_output
@@ -51,7 +61,7 @@ def paddle_profile(files, int8: bool, runtime: str, feed: dict, calls: int) -> d
     with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch), _quiet_native_output() as printed:
         predictor = inference.create_predictor(config)  # the profiler also writes profile.log to the cwd
         names = predictor.get_input_names()
-        for _ in range(calls + 2):
+        for _ in range(runs):
             for name in names:
                 predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feed[name]))
             predictor.run()
@@ -61,7 +71,7 @@ def paddle_profile(files, int8: bool, runtime: str, feed: dict, calls: int) -> d
     for line in text.splitlines():
         m = EVENT.match(line.strip())
         if m and m.group(1) not in ("Executor::Run", "load_combine", "fill_constant"):
-            out[m.group(1)] += float(m.group(3)) / (calls + 2)
+            out[m.group(1)] += float(m.group(3))
     return dict(out)
 
 
