@@ -2,7 +2,7 @@
 files), on every CPU runtime users deploy with, with NNCF's PTQ on OpenVINO side by side.
 
     python benchmarks/deployed.py [--models det rec cls] [--work DIR] [--runtimes ...] [--variants ...] [--quick]
-                                  [--ratios FIRST SECOND] [--steps N]
+                                  [--ratios FIRST SECOND] [--steps N] [--channel-multiple M]
 
 Variants, all made through the API (`autocompress.AutoCompression`) from the same data:
 - FP32 (the shipped model);
@@ -64,8 +64,9 @@ VARIANTS = ("ptq", "qat", "prune1", "prune2", "prune-ptq", "nncf")
 QUICK = {"train": 48, "select": 24, "test": 48, "steps": 10, "qat_steps": 10, "trials": 2}
 
 
-def model_spec(name: str, quick: bool = False, ratios=None, steps: int | None = None) -> dict:
-    """MODELS[name], with --quick's small sizes and the --ratios / --steps overrides."""
+def model_spec(name: str, quick: bool = False, ratios=None, steps: int | None = None,
+               channel_multiple: int | None = None) -> dict:
+    """MODELS[name], with --quick's small sizes and the --ratios / --steps / --channel-multiple overrides."""
     spec = {**MODELS[name], **(QUICK if quick and name != "det" else {})}
     if quick and name == "det":
         spec.update(train=6, select=2, test=2, steps=6, qat_steps=6, trials=2)
@@ -73,6 +74,8 @@ def model_spec(name: str, quick: bool = False, ratios=None, steps: int | None = 
         spec["ratios"] = tuple(ratios)
     if steps:
         spec["steps"] = int(steps)
+    if channel_multiple:
+        spec["channel_multiple"] = int(channel_multiple)
     return spec
 
 
@@ -181,16 +184,21 @@ class Variants:
             out.append(self.make("qat", f"QAT + distillation ({s['qat_steps']} steps)", self.fp32,
                                  {"QuantizationConfig": {}, "DistillationConfig": self.distill},
                                  self._train(s["qat_steps"]), True))
-        pruned = {}
+        pruned, vids = {}, {}
+        multiple = s.get("channel_multiple")  # None: PruneConfig's default
+        how = f"{s['steps']} steps" + (f", channels x{multiple}" if multiple else "")
         for i, ratio in enumerate(s["ratios"]):
             if wanted(f"prune{i + 1}") or (i == 0 and (wanted("prune-ptq") or wanted("nncf"))):
-                pruned[i] = self.make(f"prune{ratio}", f"pruning {ratio} + distillation ({s['steps']} steps)",
-                                      self.fp32, {"PruneConfig": {"pruned_ratio": ratio, "criterion": "activation"},
-                                                  "DistillationConfig": self.distill}, self._train(s["steps"]), False)
+                prune = {"pruned_ratio": ratio, "criterion": "activation",
+                         **({"channel_multiple": multiple} if multiple else {})}
+                vids[i] = f"prune{ratio}" + (f"-m{multiple}" if multiple else "")
+                pruned[i] = self.make(vids[i], f"pruning {ratio} + distillation ({how})", self.fp32,
+                                      {"PruneConfig": prune, "DistillationConfig": self.distill},
+                                      self._train(s["steps"]), False)
                 if wanted(f"prune{i + 1}"):
                     out.append(pruned[i])
-        if wanted("prune-ptq"):
-            chained = self.make(f"prune{s['ratios'][0]}-ptq", f"pruning {s['ratios'][0]}, then PTQ search",
+        if wanted("prune-ptq"):  # the label names the parent's training: a rerun reuses it only on that parent
+            chained = self.make(f"{vids[0]}-ptq", f"pruning {s['ratios'][0]} ({how}), then PTQ search",
                                 pruned[0]["files"], self._ptq(), None, True)
             chained["seconds"] += pruned[0]["seconds"]
             out.append(chained)
@@ -358,6 +366,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ratios", nargs=2, type=float, metavar=("FIRST", "SECOND"),
                     help="the two pruning ratios instead of each model's own (prune1, prune2, prune-ptq)")
     ap.add_argument("--steps", type=int, help="distillation steps of the pruned models instead of each model's own")
+    ap.add_argument("--channel-multiple", type=int,
+                    help="PruneConfig.channel_multiple of the pruned models instead of its default")
     args = ap.parse_args(argv)
     if args.variants and "nncf" in args.variants and "openvino" not in args.runtimes:
         ap.error("--variants nncf runs on OpenVINO only: add openvino to --runtimes")
@@ -365,7 +375,7 @@ def main(argv=None) -> int:
     work = Path(args.work) / ("quick" if args.quick else "full")
     start, rows, keys = time.time(), [], {}
     for name in args.models:
-        spec = model_spec(name, args.quick, args.ratios, args.steps)
+        spec = model_spec(name, args.quick, args.ratios, args.steps, args.channel_multiple)
         data = DATA[name](spec)
         keys[name] = data["metrics"]
         variants = Variants(name, spec, data, work, args.fresh)

@@ -3,11 +3,11 @@ model, on Paddle Inference (oneDNN with the int8 switch, and a stock Config) and
 int8 beside ours).
 
     python benchmarks/int8_profile.py [--models det rec cls] [--work DIR] [--calls 10] [--rounds 3] [--top 12]
-                                      [--pruned {1,2} [--ratios FIRST SECOND] [--steps N]]
+                                      [--pruned {1,2} [--ratios FIRST SECOND] [--steps N] [--channel-multiple M]]
 
 The int8 model is our PTQ search's output from benchmarks/deployed.py (the same --work folder: made
 there, or here when absent); with --pruned K the compared model is deployed.py's pruned model at its
-K-th ratio instead (`--ratios`, `--steps` as there), FP32 on every runtime. Paddle Inference's own profiler (`Config.enable_profile`) gives the time
+K-th ratio instead (`--ratios`, `--steps`, `--channel-multiple` as there), FP32 on every runtime. Paddle Inference's own profiler (`Config.enable_profile`) gives the time
 per op type; OpenVINO's (`PERF_COUNT`) gives it per node type and kernel precision (the last part of
 its exec type: I8, BF16, FP32). Times are ms per warm inference at the deployment batch, 1 thread (Paddle's
 profiler counts from the predictor's creation, so a profile of the first 2 calls, 2-3x slower with
@@ -132,12 +132,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pruned", type=int, choices=(1, 2), help="profile the pruned model at this ratio instead of int8")
     ap.add_argument("--ratios", nargs=2, type=float, metavar=("FIRST", "SECOND"))
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--channel-multiple", type=int)
     args = ap.parse_args(argv)
-    if (args.ratios or args.steps) and not args.pruned:
-        ap.error("--ratios and --steps choose the pruned model: add --pruned 1 or --pruned 2")
+    if (args.ratios or args.steps or args.channel_multiple) and not args.pruned:
+        ap.error("--ratios, --steps and --channel-multiple choose the pruned model: add --pruned 1 or --pruned 2")
     work = Path(args.work) / "full"
     for name in args.models:
-        spec = model_spec(name, ratios=args.ratios, steps=args.steps)
+        spec = model_spec(name, ratios=args.ratios, steps=args.steps, channel_multiple=args.channel_multiple)
         data = DATA[name](spec)
         variants = Variants(name, spec, data, work, fresh=False)
         if args.pruned:
