@@ -198,6 +198,5 @@ def test_fp32_fallback_without_onednn_qat_is_refused_before_training(digits_file
 
     with pytest.raises(ConfigError, match="deploy_backend 'onednn'"):
         run_distill(digits_files, train_source(digits_data["train"][0]), top1_evaluator(*digits_data["eval"]), {},
-                    TRAIN, tmp_path,
-                    quant_config=quant_config, fp32_fallback=4)
+                    TRAIN, tmp_path, quant_config=quant_config, fp32_fallback=4)
     assert not any(tmp_path.iterdir())

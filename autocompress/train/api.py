@@ -89,7 +89,7 @@ def _run(model_files, specs, train_source, evaluator, train_config, save_dir, pl
          strategy, train_kwargs, fp32_fallback=None) -> dict:
     from ..paddle_env import legacy_ir
 
-    if fp32_fallback and (qc is None or qc.deploy_backend != "onednn"):
+    if fp32_fallback and not _deploys_onednn(qc):
         # Refused before training, not warned about after it: the fallback measures oneDNN int8 only.
         raise ConfigError(f"fp32_fallback={fp32_fallback} needs QAT (quant_config) with QuantizationConfig."
                           "deploy_backend 'onednn', the one backend this process can run; drop fp32_fallback "
@@ -128,10 +128,15 @@ def _run(model_files, specs, train_source, evaluator, train_config, save_dir, pl
     }
 
 
+def _deploys_onednn(qc) -> bool:
+    """QAT whose int8 model this process can measure: the deployed metric and the FP32 fallback need it."""
+    return qc is not None and qc.deploy_backend == "onednn"
+
+
 def _deployed(out: ModelFiles, evaluator, qc, setting, train_config, result: TrainResult, save_dir) -> dict:
     """QAT only: the deployed (oneDNN int8) metric and the FP32 fallback (train/qat_fallback.py).
     Skipped for TensorRT/none backends: this process can only run the oneDNN backend."""
-    if qc is None or qc.deploy_backend != "onednn":
+    if not _deploys_onednn(qc):
         return {}
     from ..config import TrainConfig
     from ..model_io import read_metadata
