@@ -10,7 +10,7 @@ there, or here when absent); with --pruned K the compared model is deployed.py's
 K-th ratio instead (`--ratios`, `--steps`, `--channel-multiple` as there), FP32 on every runtime. Paddle Inference's own profiler (`Config.enable_profile`) gives the time
 per op type; OpenVINO's (`PERF_COUNT`) gives it per node type and kernel precision (the last part of
 its exec type: I8, BF16, FP32). Times are ms per warm inference at the deployment batch, 1 thread (Paddle's
-profiler counts from the predictor's creation, so a profile of the first 2 calls, 2-3x slower with
+profiler counts from the predictor's creation, so a profile of the first 2 calls, 2.7x slower on the cls model with
 oneDNN's primitive creation, is subtracted; earlier versions averaged them in). The
 quantize / dequantize / reorder rows are what int8 adds; the conv rows what it saves.
 
