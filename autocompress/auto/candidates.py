@@ -12,7 +12,15 @@ import dataclasses
 from .config import INT8_KINDS, KINDS, AutoConfig
 
 # the QuantizationConfig.deploy_backend whose kernels an int8 candidate is selected on, per target
-INT8_BACKEND = {"paddle-cpu": "none", "onednn-int8": "onednn", "openvino": "onednn", "gpu": "tensorrt"}
+INT8_BACKEND = {"paddle-cpu": "none", "onednn-int8": "onednn", "openvino": "openvino", "gpu": "tensorrt"}
+# OpenVINO runs transposed convolutions in int8 (with the sigmoid after them fused: PP-OCRv4 det's head)
+OPENVINO_OP_TYPES = ["conv2d", "depthwise_conv2d", "conv2d_transpose", "mul", "matmul", "matmul_v2"]
+
+
+def int8_config(target: str) -> dict:
+    """The QuantizationConfig fields of an int8 candidate on `target`."""
+    backend = INT8_BACKEND[target]
+    return {"deploy_backend": backend, **({"quantize_op_types": OPENVINO_OP_TYPES} if backend == "openvino" else {})}
 # Why a kind is left out by default on a target (naming it in `candidates` runs it anyway).
 NO_GAIN = {
     ("paddle-cpu", "int8"): "a stock paddle.inference.Config has no int8 kernels: int8 models run there "
@@ -50,8 +58,7 @@ def plan(auto: AutoConfig) -> tuple[list[Candidate], list[Skipped]]:
     """The candidates to run, in order, and those left out with the reason."""
     requested = auto.candidates
     kinds = [k for k in KINDS if requested is None or k in requested]
-    backend = INT8_BACKEND[auto.target]
-    quant = {"deploy_backend": backend}
+    quant = int8_config(auto.target)
     run: list[Candidate] = []
     skipped: list[Skipped] = []
     for kind in kinds:
@@ -90,7 +97,7 @@ def refinements(auto: AutoConfig, records: dict, planned: list[Candidate]) -> li
     if ratio - low < RATIO_STEP / 2 or high - ratio < RATIO_STEP / 2 or ratio in results:
         return []
     one = auto.model_copy(update={"prune_ratios": [ratio]})
-    quant = {"deploy_backend": INT8_BACKEND[auto.target]}
+    quant = int8_config(auto.target)
     chains = any(c.kind == "prune+ptq" for c in planned)
     return _of_kind("prune", one, quant) + (_of_kind("prune+ptq", one, quant) if chains else [])
 

@@ -41,7 +41,7 @@ class AutoConfig(_Config):
 
     target: where the model runs — 'paddle-cpu' (a stock paddle.inference.Config, no oneDNN, as
     rapidocr_paddle runs it), 'onednn-int8' (Paddle Inference with oneDNN and its int8 switch),
-    'openvino' (OpenVINO; int8 candidates through their ONNX QDQ export), 'gpu' (Paddle Inference with TensorRT; needs a
+    'openvino' (OpenVINO; int8 candidates selected there, through their ONNX QDQ export placed for its kernels, with conv2d_transpose quantized too), 'gpu' (Paddle Inference with TensorRT; needs a
     CUDA build). batch_size: the deployment batch (default: the eval data's batch). time_budget:
     seconds or '30m'; candidates start while time is left. candidates: the kinds to try (default:
     those that can pay on the target). prune_ratios: channel-pruning ratios. epochs / train_iter:

@@ -58,11 +58,13 @@ from ..errors import ModelError
 from ..model_io import (METADATA_FILE, InputGuard, ModelFiles, copy_model, load_model, locate_model, read_metadata,
                         sha256_file)
 from ..version import __version__
+from .qdq_openvino import place_for_openvino
 from .convert import _feed_specs, _sample_feed, check_out_dir, inference_outputs
 
 log = logging.getLogger("autocompress.onnx")
 
 ONNX_FILE = "model.onnx"
+PLACEMENTS = ("onnxruntime", "openvino")  # whose int8 kernels the QDQ of an int8 export is placed for
 OPSET = 13  # QuantizeLinear / DequantizeLinear with a per-channel axis
 PADDLE2ONNX = "1.3"  # the converter series that reads the PP-OCR programs
 PYTHON_ENV = "AUTOCOMPRESS_PADDLE2ONNX_PYTHON"
@@ -102,12 +104,16 @@ print("AC-VERSION " + version)
 
 def export_onnx(model_dir, out_dir, model_filename: str | None = None, params_filename: str | None = None,
                 feed: dict | None = None, feed_shapes: dict[str, list[int]] | None = None,
-                opset: int = OPSET) -> Path:
+                opset: int = OPSET, placement: str = "onnxruntime") -> Path:
     """Export the Paddle inference model in `model_dir` (legacy `.pdmodel` or PIR `.json`, FP32 or our
     int8 quantize/dequantize format) to `out_dir/model.onnx` and check it in ONNX Runtime against
     Paddle Inference on `feed` (name -> array; default: random, batch 2, other dynamic dims from
     `feed_shapes` or 64). Returns the ONNX file's path; `out_dir/autocompress.json` holds the check.
+    placement (int8 only): 'onnxruntime' (paddle2onnx's QDQ, for ONNX Runtime's fusions) or 'openvino'
+    (QDQ on the inputs of dense and transposed convolutions and matmuls only, program/qdq_openvino.py).
     The input folder is never written to; `out_dir` appears only once the check passed."""
+    if placement not in PLACEMENTS:
+        raise ModelError(f"unknown QDQ placement {placement!r}; use one of {list(PLACEMENTS)}")
     _require_onnxruntime()
     src = locate_model(model_dir, model_filename, params_filename)
     out_dir = check_out_dir(src, out_dir)
@@ -115,17 +121,19 @@ def export_onnx(model_dir, out_dir, model_filename: str | None = None, params_fi
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autocompress-onnx-") as work:
         legacy = _legacy_copy(src, Path(work), feed, feed_shapes)
-        specs, op_types = _program_facts(legacy, src)
+        specs, op_types, layer_inputs = _program_facts(legacy, src)
         int8 = "quantize_linear" in op_types or "dequantize_linear" in op_types
         sample = _sample_feed(specs, feed, feed_shapes)
         with atomic_dir(out_dir) as tmp:
             onnx_path = Path(tmp) / ONNX_FILE
             version, used_opset = convert(legacy, onnx_path, opset, shown_as=src.model_path)
+            placed = place_for_openvino(onnx_path, *layer_inputs) if int8 and placement == "openvino" else None
             check = check_onnx(legacy, onnx_path, sample, int8, real_feed=feed is not None, source=src.model_path)
             meta = dict(read_metadata(src.model_dir) or {})
             meta["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(onnx_path), "size_bytes": onnx_path.stat().st_size,
                             "opset": used_opset, "paddle2onnx": version, "precision": "int8" if int8 else "fp32",
                             "quantization": "QDQ (QuantizeLinear/DequantizeLinear)" if int8 else None,
+                            "placement": placement if int8 else None, **({"openvino_layers": placed} if placed else {}),
                             "from": src.model_filename, "format": src.format,
                             "source_sha256": {Path(p).name: h for p, h in guard.hashes.items()},
                             "seconds": round(time.perf_counter() - start, 3), "check": check,
@@ -144,15 +152,18 @@ def _legacy_copy(src: ModelFiles, work: Path, feed, feed_shapes) -> ModelFiles:
     return pir_to_legacy(src, work / "legacy", feed=feed, feed_shapes=feed_shapes)
 
 
-def _program_facts(files: ModelFiles, src: ModelFiles) -> tuple[list[dict], set[str]]:
+def _program_facts(files: ModelFiles, src: ModelFiles) -> tuple[list[dict], set[str], tuple]:
+    """(feed specs, op types, `int8_layer_inputs` of the program) of the legacy model `files`."""
     from ..paddle_env import legacy_ir
+    from .legacy.quantize import int8_layer_inputs
 
     with legacy_ir():
         try:
             model = load_model(files)
         except ModelError as err:  # name the user's file, not our private copy
             raise ModelError(str(err).replace(str(files.model_path), str(src.model_path))) from None
-        return _feed_specs(model), {op.type for block in model.program.blocks for op in block.ops}
+        return (_feed_specs(model), {op.type for block in model.program.blocks for op in block.ops},
+                int8_layer_inputs(model.program, model.scope))
 
 
 def convert(files: ModelFiles, onnx_path: Path, opset: int = OPSET, shown_as=None) -> tuple[str, int]:
@@ -265,12 +276,13 @@ def onnx_predictor(onnx_path, threads: int = 1):
     return predict
 
 
-def cached_onnx(files: ModelFiles) -> Path:
-    """The ONNX export of `files` for the 'onnxruntime' runtime, made on first use and cached by the model
-    files' sha256 in a private folder of the temp dir (`autocompress-onnx-cache-<uid>/`, mode 0700), so
-    the latency rounds and the metric on that runtime reuse one export. A cached file whose sha256 no
-    longer matches its metadata is exported again."""
-    digest = hashlib.sha256("".join(sha256_file(p) for p in files.files()).encode()).hexdigest()[:24]
+def cached_onnx(files: ModelFiles, placement: str = "onnxruntime") -> Path:
+    """The ONNX export of `files` for the runtime whose QDQ `placement` it has (`export_onnx`), made on
+    first use and cached by the model files' sha256 in a private folder of the temp dir
+    (`autocompress-onnx-cache-<uid>/`, mode 0700), so the latency rounds and the metric on that runtime
+    reuse one export. A cached file whose sha256 no longer matches its metadata is exported again."""
+    digest = hashlib.sha256("".join(sha256_file(p) for p in files.files()).encode()
+                            + placement.encode()).hexdigest()[:24]
     root = Path(tempfile.gettempdir()) / f"autocompress-onnx-cache-{os.getuid()}"
     root.mkdir(mode=0o700, exist_ok=True)
     if root.stat().st_uid != os.getuid() or root.stat().st_mode & 0o077:
@@ -279,5 +291,5 @@ def cached_onnx(files: ModelFiles) -> Path:
     onnx_path = folder / ONNX_FILE
     recorded = ((read_metadata(folder) or {}).get("onnx") or {}).get("sha256") if onnx_path.is_file() else None
     if recorded is None or recorded != sha256_file(onnx_path):
-        export_onnx(files.model_dir, folder, files.model_filename, files.params_filename)
+        export_onnx(files.model_dir, folder, files.model_filename, files.params_filename, placement=placement)
     return onnx_path

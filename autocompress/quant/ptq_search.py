@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..atomic import write_json_atomic
-from ..backend import inference_predictor
+from ..backend import DeployTarget, inference_predictor
 from ..config import HyperParameterOptimizationConfig, QuantizationConfig, build
 from ..errors import AutoCompressError, ConfigError
 from ..evaluation import ModelContext, executor_predictor
@@ -25,6 +25,7 @@ TRIALS_FILE = "trials.json"
 # so far gets no full evaluation. The subset is the same batches for every trial (a paired comparison), so
 # a 1% gap is a real one, not noise; the margin keeps near-ties for the full metric to decide.
 SUBSET_MARGIN = 0.01
+DEPLOYED = ("onednn", "openvino")  # deploy_backends whose int8 model the finalists are measured on
 log = logging.getLogger("autocompress.quant")
 
 
@@ -36,7 +37,8 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     model_files: `model_io.ModelFiles` (legacy .pdmodel). calib_source: FeedSource, iterable or zero-arg
     callable of feed dicts. evaluator: `evaluate(predict, limit=None) -> float`, higher is better.
     stats: statistics from an earlier `calibrate` stage (skips calibration). deploy_eval: re-evaluate
-    the finalists with Paddle Inference + oneDNN int8 (default: when deploy_backend is 'onednn').
+    the finalists on the deployment backend, Paddle Inference + oneDNN int8 or OpenVINO on the ONNX QDQ
+    export (default: when deploy_backend is 'onednn' or 'openvino').
     After the finalists, the FP32 fallback (quant/fallback.py, `hpo_config.fp32_fallback`) may keep the
     most sensitive layers in FP32 until the deployed metric meets `target_metric`.
     Returns {model_files, metric, simulated_metric, deployed_metric (of the saved model),
@@ -57,7 +59,7 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
     require_legacy(model_files, "post-training quantization")
     if deploy_eval is None:
         # a PaddleSlim-style callback needs a static program, which the deployed predictor lacks
-        deploy_eval = qcfg.deploy_backend == "onednn" and getattr(evaluator, "mode", None) != "paddleslim"
+        deploy_eval = qcfg.deploy_backend in DEPLOYED and getattr(evaluator, "mode", None) != "paddleslim"
     save_dir = Path(save_dir)
     guard = InputGuard(model_files)
     started = time.perf_counter()
@@ -79,6 +81,7 @@ def run_ptq_search(model_files, calib_source, evaluator, quant_config=None, hpo_
         _check_stats(stats, targets)
         runner = TrialRunner(model, stats, targets, qcfg.activation_bits, place, weight_bits=qcfg.weight_bits)
         state = _SearchState(save_dir, model, baseline, hcfg)
+        state.target = DeployTarget(qcfg.deploy_backend if qcfg.deploy_backend in DEPLOYED else "onednn")
         state.halving = halving
         state.fingerprint = _fingerprint(model_files, stats, qcfg, hcfg, evaluator, baseline, halving, place)
         if resume:
@@ -244,6 +247,7 @@ class _SearchState:
         self.halving: _Halving | None = None
         self.fingerprint: str | None = None
         self.prior: dict = {}       # effective key -> trial of an earlier run's log (resume)
+        self.target = DeployTarget("onednn")  # where the finalists and the fallback measure the int8 model
 
     def record(self, trial: Trial, qmodel, build=None) -> None:
         """qmodel None (a trial from the log): `build(config)` makes it when it is the new best."""
@@ -356,13 +360,14 @@ def _run_trial(runner: TrialRunner, index: int, config, evaluator, halving: _Hal
 def _finalists(runner: TrialRunner, state: _SearchState, evaluator, count: int, threads: int) -> None:
     """Re-evaluate the best `count` trials with the deployment backend; select by the deployed metric."""
     state.baseline_deployed = call_evaluator(evaluator, inference_predictor(state.model.files, int8=False,
-                                                                            threads=threads))
+                                                                            threads=threads, target=state.target))
     ranked = sorted((t for t in state.trials if t.status == "ok"), key=lambda t: -t.metric)[:count]
     best = None
     for trial in ranked:
         out = state.save_dir / ".finalists" / f"trial_{trial.index}"
         files = state.save(trial, runner.build(trial.config), out)
-        trial.deployed_metric = call_evaluator(evaluator, inference_predictor(files, int8=True, threads=threads))
+        trial.deployed_metric = call_evaluator(evaluator, inference_predictor(files, int8=True, threads=threads,
+                                                                              target=state.target))
         if best is None or trial.deployed_metric > best.deployed_metric:
             best = trial
         state.write_trials()
@@ -384,7 +389,7 @@ def _fallback(runner: TrialRunner, state: _SearchState, evaluator, hcfg, target_
         return
 
     def measure(files):
-        return call_evaluator(evaluator, inference_predictor(files, int8=True, threads=threads))
+        return call_evaluator(evaluator, inference_predictor(files, int8=True, threads=threads, target=state.target))
 
     def save(qmodel, out_dir):
         return state.save(trial, qmodel, out_dir, fp32_layers=[])

@@ -1,7 +1,8 @@
 """The `export` stage: the deliverable in one folder — `model/` (the input's format and file names,
-metadata, model card), `summary.json`, `report.md`, `trials.json`, and `onnx/model.onnx` when the job
-measured ONNX Runtime (Deploy.runtimes) — optionally published to an object-store prefix or another
-folder."""
+metadata, model card), `summary.json`, `report.md`, `trials.json`, `onnx/model.onnx` when the job
+measured ONNX Runtime (Deploy.runtimes) and `onnx-openvino/model.onnx` when it measured an int8 model on
+OpenVINO (the QDQ placed for its kernels: the file OpenVINO ran) — optionally published to an
+object-store prefix or another folder."""
 from __future__ import annotations
 
 import shutil
@@ -13,6 +14,8 @@ from .artifact import ModelArtifact
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 ONNX_DIR = "onnx"
+# runtime -> (folder, summary key) of the ONNX file measured there
+ONNX_DELIVERABLES = {"onnxruntime": (ONNX_DIR, "onnx_model"), "openvino": ("onnx-openvino", "openvino_onnx_model")}
 
 
 def export(model: ModelArtifact, summary: dict, dest, publish_uri: str | None = None) -> dict:
@@ -31,28 +34,32 @@ def export(model: ModelArtifact, summary: dict, dest, publish_uri: str | None = 
     saved = ModelArtifact(model.files, meta, model.trials, model.curve).save(dest / "model", tables=False)
     write_text_atomic(saved.files.model_dir / MODEL_CARD_FILE, model_card(saved.meta, summary))
     summary["model_sha256"] = saved.meta["sha256"]  # what a consumer checks the delivered files against
-    if any(row.get("runtime") == "onnxruntime" for row in summary.get("latency") or []):
-        summary["onnx_model"] = str(_onnx_copy(saved.files, dest / ONNX_DIR))
+    measured = {row.get("runtime") for row in summary.get("latency") or []}
+    int8 = saved.meta.get("precision") == "int8"
+    delivered = [(runtime, folder, key) for runtime, (folder, key) in ONNX_DELIVERABLES.items()
+                 if runtime in measured and (int8 or runtime == "onnxruntime")]  # FP32 OpenVINO reads the model
+    for runtime, folder, key in delivered:
+        summary[key] = str(_onnx_copy(saved.files, dest / folder, runtime))
         if publish_uri:
-            summary["onnx_model"] = _join(_join(publish_uri, ONNX_DIR), "model.onnx")
+            summary[key] = _join(_join(publish_uri, folder), "model.onnx")
     write_json_atomic(dest / "trials.json", model.trials)
     write_summary(dest, summary)
     published = []
     if publish_uri:
         published = storage.publish(dest / "model", _join(publish_uri, "model"))
-        if (dest / ONNX_DIR).is_dir():
-            published += storage.publish(dest / ONNX_DIR, _join(publish_uri, ONNX_DIR))
+        for _, folder, _ in delivered:
+            published += storage.publish(dest / folder, _join(publish_uri, folder))
         for name in ("summary.json", "report.md", "trials.json"):
             published += storage.publish(dest / name, _join(publish_uri, name))
     return {"summary": summary, "published": published}
 
 
-def _onnx_copy(files, folder: Path) -> Path:
-    """The ONNX export that ONNX Runtime was measured on (the cache of program/to_onnx.py, made from
-    these very files) with its check, as `folder/model.onnx` + `autocompress.json`."""
+def _onnx_copy(files, folder: Path, placement: str) -> Path:
+    """The ONNX export that runtime `placement` was measured on (the cache of program/to_onnx.py, made
+    from these very files) with its check, as `folder/model.onnx` + `autocompress.json`."""
     from ..program.to_onnx import cached_onnx
 
-    onnx_path = cached_onnx(files)
+    onnx_path = cached_onnx(files, placement)
     with atomic_dir(folder) as tmp:
         for item in onnx_path.parent.iterdir():
             shutil.copy2(item, Path(tmp) / item.name)

@@ -261,6 +261,28 @@ def scale_values(program, scope) -> dict[str, float]:
     return out
 
 
+WEIGHT_OPS = ("conv2d", "depthwise_conv2d", "conv2d_transpose", "mul", "matmul", "matmul_v2")
+
+
+def int8_layer_inputs(program, scope) -> tuple[dict[str, float], set[str]]:
+    """({tensor: threshold} of the activations the program's weight layers read through a quantize /
+    dequantize pair, {tensors its weight layers read in float}): which layers a re-placement of the
+    QDQ (program/qdq_openvino.py) may make int8, with the program's own scales."""
+    block = program.global_block()
+    producers_, scales = producers(block), scale_values(program, scope)
+    int8, fp32 = {}, set()
+    for op in block.ops:
+        if op.type not in WEIGHT_OPS:
+            continue
+        name = op.input("Input" if "Input" in op.input_names else "X")[0]
+        source = dequantized_source(block, producers_, name)
+        if source is not None and source in scales:
+            int8[source] = scales[source]
+        elif source is None and not is_persistable(block, name):
+            fp32.add(name)
+    return int8, fp32
+
+
 def observer_scales(program) -> dict[str, str]:
     """Observed tensor -> the scale variable of its observer pair: the `only_observer` quantize_linear
     that Paddle's convert puts on op outputs (its dequantize reads the same scale)."""
