@@ -4,6 +4,7 @@ int8 beside ours).
 
     python benchmarks/int8_profile.py [--models det rec cls] [--work DIR] [--calls 10] [--rounds 3] [--top 12]
                                       [--pruned {1,2} [--ratios FIRST SECOND] [--steps N] [--channel-multiple M]]
+                                      [--openvino-chain [--ratios FIRST SECOND] [--steps N]]
 
 The int8 model is our PTQ search's output from benchmarks/deployed.py (the same --work folder: made
 there, or here when absent); with --pruned K the compared model is deployed.py's pruned model at its
@@ -122,6 +123,24 @@ def _table(title: str, columns: dict[str, dict[str, float]], top: int) -> str:
     return "\n".join(lines)
 
 
+def openvino_chain(variants, data: dict, spec: dict, calls: int, rounds: int) -> dict:
+    """Columns for --openvino-chain: where the int8 time goes on OpenVINO per QDQ placement."""
+    from autocompress.backend import openvino_model_path
+    from autocompress.program.to_onnx import cached_onnx
+
+    chain = variants.all({"prune-ptq-ov"})[-1]["files"]
+    pruned = variants.first_pruned["files"]
+    feed = data["feeds"][spec["deploy_batch"]]
+    files = {"pruned FP32": openvino_model_path(pruned, False),
+             "+ our int8, paddle2onnx's QDQ": cached_onnx(chain, "onnxruntime"),
+             "+ our int8, QDQ for OpenVINO": openvino_model_path(chain, True)}
+    profiles = {label: (lambda path=path: openvino_profile(path, feed, calls)) for label, path in files.items()}
+    nncf = nncf_quantize(pruned, data["train"][:8])
+    if nncf is not None:
+        profiles["+ NNCF int8"] = lambda: openvino_profile(nncf[0], feed, calls)
+    return interleaved(profiles, rounds)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["det", "rec", "cls"])
@@ -130,17 +149,25 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="profiles per model, interleaved; the median is shown")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--pruned", type=int, choices=(1, 2), help="profile the pruned model at this ratio instead of int8")
+    ap.add_argument("--openvino-chain", action="store_true",
+                    help="OpenVINO only: deployed.py's pruned model (first ratio), its PTQ selected on OpenVINO "
+                         "(prune-ptq-ov) with paddle2onnx's QDQ placement and with ours, and NNCF of the pruned model")
     ap.add_argument("--ratios", nargs=2, type=float, metavar=("FIRST", "SECOND"))
     ap.add_argument("--steps", type=int)
     ap.add_argument("--channel-multiple", type=int)
     args = ap.parse_args(argv)
-    if (args.ratios or args.steps or args.channel_multiple) and not args.pruned:
-        ap.error("--ratios, --steps and --channel-multiple choose the pruned model: add --pruned 1 or --pruned 2")
+    if (args.ratios or args.steps or args.channel_multiple) and not (args.pruned or args.openvino_chain):
+        ap.error("--ratios, --steps and --channel-multiple choose the pruned model: add --pruned 1 or --pruned 2 "
+                 "(or --openvino-chain)")
     work = Path(args.work) / "full"
     for name in args.models:
         spec = model_spec(name, ratios=args.ratios, steps=args.steps, channel_multiple=args.channel_multiple)
         data = DATA[name](spec)
         variants = Variants(name, spec, data, work, fresh=False)
+        if args.openvino_chain:
+            print(_table(f"PP-OCRv4 {name}, OpenVINO, batch {spec['deploy_batch']}",
+                         openvino_chain(variants, data, spec, args.calls, args.rounds), args.top), "\n", flush=True)
+            continue
         if args.pruned:
             made = variants.all({f"prune{args.pruned}"})[-1]
             model, int8, label = made["files"], False, f"pruned {spec['ratios'][args.pruned - 1]}"
