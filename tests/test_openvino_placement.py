@@ -56,13 +56,7 @@ def head_models(tmp_path_factory):
     import paddle
 
     from autocompress.atomic import atomic_dir
-    from autocompress.config import QuantizationConfig
-    from autocompress.model_io import load_model, locate_model
-    from autocompress.paddle_env import legacy_ir
-    from autocompress.quant.apply import QuantTemplate, save_quantized
-    from autocompress.quant.calibration import collect_stats
-    from autocompress.quant.targets import find_targets
-    from autocompress.quant.thresholds import compute_thresholds
+    from autocompress.model_io import locate_model
 
     root = tmp_path_factory.mktemp("ov-head")
     was_static = not paddle.in_dynamic_mode()
@@ -79,15 +73,25 @@ def head_models(tmp_path_factory):
             paddle.enable_static()
     fp32 = locate_model(root / "fp32")
     x = np.random.default_rng(0).random((12, 3, 32, 32), dtype=np.float32)
-    config = QuantizationConfig(quantize_op_types=["conv2d", "depthwise_conv2d", "conv2d_transpose"],
-                                deploy_backend="none")
+    return fp32, _ptq(fp32, x[:8], ["conv2d", "depthwise_conv2d", "conv2d_transpose"], root / "int8"), x[8:]
+
+
+def _ptq(fp32, calib, op_types, out):
+    """Our PTQ of `fp32` (avg thresholds on `calib`) quantizing `op_types`, saved to `out`."""
+    from autocompress.config import QuantizationConfig
+    from autocompress.model_io import load_model
+    from autocompress.paddle_env import legacy_ir
+    from autocompress.quant.apply import QuantTemplate, save_quantized
+    from autocompress.quant.calibration import collect_stats
+    from autocompress.quant.targets import find_targets
+    from autocompress.quant.thresholds import compute_thresholds
+
     with legacy_ir():
         model = load_model(fp32)
-        targets = find_targets(model.program, config)
-        stats = collect_stats(model, [{"x": x[i:i + 4]} for i in range(0, 8, 4)], targets, chunk_size=4)
+        targets = find_targets(model.program, QuantizationConfig(quantize_op_types=op_types, deploy_backend="none"))
+        stats = collect_stats(model, [{"x": calib[i:i + 4]} for i in range(0, len(calib), 4)], targets, chunk_size=4)
         q = QuantTemplate(model, targets).instantiate(compute_thresholds(stats, "avg"))
-        int8 = save_quantized(q, model, root / "int8")
-    return fp32, int8, x[8:]
+        return save_quantized(q, model, out)
 
 
 def _graph(path):
@@ -155,6 +159,18 @@ def test_openvino_placement_quantizes_the_chains_openvino_fuses(head_models, tmp
     meta = read_metadata(ov.parent)["onnx"]
     assert meta["placement"] == "openvino" and meta["check"]["passed"] and meta["check"]["enforced"]
     assert meta["openvino_layers"]["int8_layers"] == 3 and meta["openvino_layers"]["float_layers"] == 1
+
+
+def test_a_transposed_conv_the_program_keeps_float_stays_float(head_models, tmp_path):
+    from autocompress.program.to_onnx import export_onnx
+
+    fp32, _, x = head_models
+    int8 = _ptq(fp32, x, ["conv2d", "depthwise_conv2d"], tmp_path / "int8")  # conv2d_transpose not listed
+    graph, producers = _graph(export_onnx(int8.model_dir, tmp_path / "ov", feed={"x": x}, placement="openvino"))
+    [up] = [n for n in graph.node if n.op_type == "ConvTranspose"]
+    assert _reads(up, producers, 0) != "DequantizeLinear" and _reads(up, producers, 1) != "DequantizeLinear"
+    dense = [n for n in graph.node if n.op_type == "Conv" and all(a.i == 1 for a in n.attribute if a.name == "group")]
+    assert dense and all(_reads(n, producers, 1) == "DequantizeLinear" for n in dense)
 
 
 def test_openvino_runs_the_transposed_conv_in_int8_and_reads_like_paddle(head_models):

@@ -14,9 +14,12 @@ where a dense Conv (group 1), a ConvTranspose or a MatMul reads it (activation o
 reader, the depthwise convs' inputs and weights included, reads the float tensor instead. paddle2onnx
 derives those pairs from the program's own scales and skips the layers the program keeps FP32
 (fallback, tiny weights). The transposed convolutions it leaves float get a pair on their input with
-the program's threshold (scale = threshold / 127, zero point 0: the program's rounding) when their
-Paddle op read it quantized, and a per-output-channel symmetric pair on the weight (max |w| / 127 per
-channel: the channel_wise_abs_max grid the program quantized it on). Same model and page: 29-31 ms.
+the program's threshold (scale = threshold / 127, zero point 0: the program's rounding) where paddle2onnx
+made none, and a per-output-channel symmetric pair on the weight (max |w| / 127 per channel: the
+channel_wise_abs_max grid the program quantized it on) — when the program quantized that layer, which
+the folded weight itself shows: its values are integer multiples of that step (tensor names do not
+tell: paddle2onnx renames the outputs it builds, `Mul.1` for Paddle's `tmp_0`). Same model and page:
+29-31 ms.
 
 OpenVINO does not compute every QDQ graph as ONNX Runtime does. On an unpruned det PTQ model (map IoU
 against FP32 on 4 pages) this placement reads 0.98 in ONNX Runtime but 0.91 in OpenVINO (paddle2onnx's
@@ -54,19 +57,19 @@ def place_for_openvino(onnx_path: Path, thresholds: dict[str, float], fp32_input
     for index, node in enumerate(graph.node):
         if node.op_type != "ConvTranspose" or not _int8_kernel(node) or node.input[1] in sources:
             continue
+        x = sources.get(node.input[0], node.input[0])  # the float tensor it reads
         weight = _constant(graph, producers, node.input[1])
-        x = node.input[0]
-        quantized_input = x in sources or (x in thresholds and x not in fp32_inputs)
-        if weight is None or not quantized_input:
+        step = None if weight is None else _int8_grid_step(weight, axis=1)
+        known = node.input[0] in sources or (x in thresholds and x not in fp32_inputs)
+        if step is None or not known:
+            node.input[0] = x  # the program keeps this layer float (a pair on its input is another reader's)
             continue
         inserted = new_nodes.setdefault(index, [])
-        if x not in sources:
+        if node.input[0] not in sources:
             if x not in act_pairs:
                 scale = np.array(thresholds[x] / 127.0, np.float32)
                 act_pairs[x] = _qdq(graph, inserted, x, f"{x}.ov_int8", scale)
             node.input[0] = act_pairs[x]
-        step = (np.abs(weight).max(axis=(0, 2, 3)) / 127.0).astype(np.float32)
-        step[~(step > 0)] = 1.0  # an all-zero channel: any scale gives zeros
         node.input[1] = _qdq(graph, inserted, node.input[1], f"{node.input[1]}.ov_int8.{index}", step, axis=1)
     for index in sorted(new_nodes, reverse=True):  # right before their reader, after what it reads
         for offset, extra in enumerate(new_nodes[index]):
@@ -87,6 +90,20 @@ INT8_KERNELS = ("Conv", "ConvTranspose", "MatMul")
 def _int8_kernel(node) -> bool:
     """The readers that keep their Q/DQ: dense and transposed convolutions (group 1) and matmuls."""
     return node.op_type in INT8_KERNELS and _attr(node, "group", 1) == 1
+
+
+def _int8_grid_step(weight: np.ndarray, axis: int) -> np.ndarray | None:
+    """The per-channel step (max |w| / 127 along the channels of `axis`) when every value of `weight`
+    is an integer multiple of it: a weight the program quantized channel_wise_abs_max and paddle2onnx
+    folded back to float. None for a float weight (the program kept the layer FP32): trained weights
+    are never on that grid by chance."""
+    others = tuple(a for a in range(weight.ndim) if a != axis)
+    step = (np.abs(weight).max(axis=others, keepdims=True) / 127.0).astype(np.float32)
+    step[~(step > 0)] = 1.0  # an all-zero channel: any scale gives zeros
+    q = weight / step
+    if np.abs(q - np.round(q)).max() > 1e-3:
+        return None
+    return step.reshape(-1)
 
 
 def _pair_sources(graph, producers) -> dict[str, str]:
