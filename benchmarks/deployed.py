@@ -13,7 +13,8 @@ Variants, all made through the API (`autocompress.AutoCompression`) from the sam
 - pruning (the smaller ratio) + distillation, then our PTQ search on the pruned model;
 - the same chain for OpenVINO (`prune-ptq-ov`): the PTQ search selected on OpenVINO
   (`deploy_backend: openvino`, the QDQ placed for its kernels, transposed convs quantized too); Paddle's
-  oneDNN int8 cannot run a quantized conv2d_transpose, so that runtime's row says so instead;
+  oneDNN int8 cannot run a quantized conv2d_transpose, so for a model that has one (det) that runtime's
+  row says so instead;
 - NNCF 3.x `nncf.quantize` of the FP32 model read by OpenVINO, calibrated on the same samples
   (OpenVINO only: it produces an OpenVINO model), and of our pruned model (the smaller ratio).
 Runtimes: `onednn` (Paddle Inference with oneDNN; the int8 switch on for int8 models), `paddle-cpu` (a
@@ -214,7 +215,8 @@ class Variants:
             chained = self.make(f"{vids[0]}-ptq-ov", f"pruning {s['ratios'][0]} ({how}), then PTQ search on OpenVINO",
                                 pruned[0]["files"], self._ptq(int8_config("openvino")), None, True, runtime="openvino")
             chained["seconds"] += pruned[0]["seconds"]
-            chained["not_on"] = {"onednn": NOT_ON_ONEDNN}
+            if has_op(chained["files"], "conv2d_transpose"):
+                chained["not_on"] = {"onednn": NOT_ON_ONEDNN}
             out.append(chained)
         self.first_pruned = pruned.get(0)
         return out
@@ -237,6 +239,15 @@ class Variants:
         seconds = time.perf_counter() - start
         record.write_text(json.dumps({"model_dir": summary["model_dir"], "seconds": seconds, "label": label}))
         return {"variant": label, "files": locate_model(summary["model_dir"]), "int8": int8, "seconds": seconds}
+
+
+def has_op(files, op_type: str) -> bool:
+    """Whether the (legacy) program of `files` has an op of `op_type`."""
+    from autocompress.model_io import load_model
+    from autocompress.paddle_env import legacy_ir
+
+    with legacy_ir():
+        return any(op.type == op_type for block in load_model(files).program.blocks for op in block.ops)
 
 
 def nncf_quantize(fp32, calib: list[dict]):
