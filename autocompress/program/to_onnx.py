@@ -121,7 +121,7 @@ def export_onnx(model_dir, out_dir, model_filename: str | None = None, params_fi
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autocompress-onnx-") as work:
         legacy = _legacy_copy(src, Path(work), feed, feed_shapes)
-        specs, op_types, layer_inputs = _program_facts(legacy, src)
+        specs, op_types, layer_inputs = _program_facts(legacy, src, layer_inputs=placement == "openvino")
         int8 = "quantize_linear" in op_types or "dequantize_linear" in op_types
         sample = _sample_feed(specs, feed, feed_shapes)
         with atomic_dir(out_dir) as tmp:
@@ -152,8 +152,9 @@ def _legacy_copy(src: ModelFiles, work: Path, feed, feed_shapes) -> ModelFiles:
     return pir_to_legacy(src, work / "legacy", feed=feed, feed_shapes=feed_shapes)
 
 
-def _program_facts(files: ModelFiles, src: ModelFiles) -> tuple[list[dict], set[str], tuple]:
-    """(feed specs, op types, `int8_layer_inputs` of the program) of the legacy model `files`."""
+def _program_facts(files: ModelFiles, src: ModelFiles, layer_inputs: bool) -> tuple[list[dict], set[str], tuple]:
+    """(feed specs, op types, `int8_layer_inputs` of the program when `layer_inputs`, else None) of the
+    legacy model `files`."""
     from ..paddle_env import legacy_ir
     from .legacy.quantize import int8_layer_inputs
 
@@ -163,7 +164,7 @@ def _program_facts(files: ModelFiles, src: ModelFiles) -> tuple[list[dict], set[
         except ModelError as err:  # name the user's file, not our private copy
             raise ModelError(str(err).replace(str(files.model_path), str(src.model_path))) from None
         return (_feed_specs(model), {op.type for block in model.program.blocks for op in block.ops},
-                int8_layer_inputs(model.program, model.scope))
+                int8_layer_inputs(model.program, model.scope) if layer_inputs else None)
 
 
 def convert(files: ModelFiles, onnx_path: Path, opset: int = OPSET, shown_as=None) -> tuple[str, int]:

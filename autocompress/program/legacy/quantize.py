@@ -261,20 +261,21 @@ def scale_values(program, scope) -> dict[str, float]:
     return out
 
 
-WEIGHT_OPS = ("conv2d", "depthwise_conv2d", "conv2d_transpose", "mul", "matmul", "matmul_v2")
-
-
 def int8_layer_inputs(program, scope) -> tuple[dict[str, float], set[str]]:
-    """({tensor: threshold} of the activations the program's weight layers read through a quantize /
-    dequantize pair, {tensors its weight layers read in float}): which layers a re-placement of the
-    QDQ (program/qdq_openvino.py) may make int8, with the program's own scales."""
+    """({tensor: threshold} of the activations the program's weight layers (Paddle's
+    SUPPORT_WEIGHT_QUANTIZATION_OP_DICT types) read through a quantize / dequantize pair, {tensors they
+    read in float}): which layers a re-placement of the QDQ (program/qdq_openvino.py) may make int8,
+    with the program's own scales."""
+    from paddle.static.quantization.quant_config import SUPPORT_WEIGHT_QUANTIZATION_OP_DICT
+
     block = program.global_block()
     producers_, scales = producers(block), scale_values(program, scope)
     int8, fp32 = {}, set()
     for op in block.ops:
-        if op.type not in WEIGHT_OPS:
+        slots = SUPPORT_WEIGHT_QUANTIZATION_OP_DICT.get(op.type)
+        if slots is None:
             continue
-        name = op.input("Input" if "Input" in op.input_names else "X")[0]
+        name = op.input(slots[0][0])[0]  # the activation slot: Input (convs) or X (matmuls)
         source = dequantized_source(block, producers_, name)
         if source is not None and source in scales:
             int8[source] = scales[source]
